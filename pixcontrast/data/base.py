@@ -1,0 +1,192 @@
+"""Shared dataset and datamodule machinery: raw samples, tensor conversion, loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+IGNORE_INDEX = 255
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS = ("train", "val", "test")
+
+Transform = Callable[..., Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """One sample as stored: ``image`` H x W x 3 uint8 RGB, ``mask`` H x W int64 (255 = ignore), ``name`` file stem."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    name: str
+
+
+def normalize_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Turn an H x W x 3 image with values in [0, 255] into a normalised float32 3 x H x W tensor.
+
+    A float tensor that is already 3 x H x W is taken as normalised and returned unchanged.
+    """
+    if isinstance(image, torch.Tensor) and image.is_floating_point() and image.ndim == 3 and image.shape[0] == 3:
+        return image
+    array = torch.as_tensor(np.ascontiguousarray(image))
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"expected an H x W x 3 RGB image, got shape {tuple(array.shape)}")
+    chw = array.permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return chw.sub_(mean).div_(std)
+
+
+def denormalize_image(image: torch.Tensor) -> torch.Tensor:
+    """Invert :func:`normalize_image`: ``... x 3 x H x W`` normalised float -> uint8 in [0, 255]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1)
+    return (image.float() * std + mean).mul(255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def to_tensor_item(image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor, name: str) -> dict[str, Any]:
+    """Build the item dict of the batch format: normalised ``image``, int64 ``mask``, ``name``."""
+    return {
+        "image": normalize_image(image),
+        "mask": torch.as_tensor(np.ascontiguousarray(mask), dtype=torch.int64),
+        "name": name,
+    }
+
+
+def default_palette(num_colors: int) -> np.ndarray:
+    """A deterministic, well-spread ``num_colors x 3`` uint8 palette (golden-ratio hues)."""
+    import colorsys
+
+    hues = (np.arange(num_colors) * 0.618033988749895) % 1.0
+    values = 0.95 - 0.3 * ((np.arange(num_colors) // 7) % 2)
+    rgb = [colorsys.hsv_to_rgb(h, 0.75, v) for h, v in zip(hues, values)]
+    return (np.asarray(rgb).reshape(num_colors, 3) * 255).round().astype(np.uint8)
+
+
+class SegmentationDataset(Dataset):
+    """Base dataset: subclasses implement ``__len__`` and :meth:`load_sample`.
+
+    ``transform`` is called as ``transform(image=..., mask=...)`` (albumentations-compatible) on the raw
+    numpy arrays and must return a mapping with ``image`` and ``mask``.
+    """
+
+    def __init__(self, transform: Transform | None = None) -> None:
+        self.transform = transform
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load_sample(self, index: int) -> RawSample:
+        """Read sample ``index`` as stored, label ids already mapped to the label set."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.load_sample(index)
+        image, mask = sample.image, sample.mask
+        if self.transform is not None:
+            transformed = self.transform(image=image, mask=mask)
+            image, mask = transformed["image"], transformed["mask"]
+        return to_tensor_item(image, mask, sample.name)
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Base datamodule: loaders, class names, palette and split checks.
+
+    Subclasses set ``class_names`` (or override the property) and implement :meth:`build_dataset`.
+    ``predict`` uses the validation split.
+    """
+
+    ignore_index: int = IGNORE_INDEX
+
+    def __init__(
+        self,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        drop_last: bool = True,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.drop_last = drop_last
+        self.train_dataset: SegmentationDataset | None = None
+        self.val_dataset: SegmentationDataset | None = None
+        self.test_dataset: SegmentationDataset | None = None
+
+    @property
+    def class_names(self) -> Sequence[str]:
+        """Names of the classes of the label set, index = class id."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def palette(self) -> np.ndarray:
+        """``num_classes x 3`` uint8 colours, index = class id."""
+        return default_palette(self.num_classes)
+
+    def build_dataset(self, split: str) -> SegmentationDataset:
+        """Create the dataset of ``split`` (one of ``train``, ``val``, ``test``)."""
+        raise NotImplementedError
+
+    def _checked_dataset(self, split: str) -> SegmentationDataset:
+        dataset = self.build_dataset(split)
+        if len(dataset) == 0:
+            raise ValueError(
+                f"{type(self).__name__}: the {split!r} split is empty; check the dataset root and the split's files"
+            )
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        needed = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("val",),
+        }.get(stage or "", SPLITS)
+        for split in needed:
+            if getattr(self, f"{split}_dataset") is None:
+                setattr(self, f"{split}_dataset", self._checked_dataset(split))
+
+    def _loader(self, dataset: Dataset | None, split: str, train: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the {split} loader")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and self.drop_last and len(dataset) >= self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, "train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, "val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, "test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, "val", train=False)

@@ -1,0 +1,415 @@
+"""Procedurally generated segmentation scenes: the embedded dataset that needs no files.
+
+Every class is defined by a texture (gratings of a given frequency and orientation, checkerboards, dots,
+rings, noise grain) and, for "thing" classes, a shape; colours are drawn from one distribution shared by
+all classes (each class only shifts the hue a little), so colour alone cannot solve the task. A scene is a
+few warped Voronoi "stuff" regions covered by occluding "thing" shapes, lit by a random gain and gradient,
+with sensor noise. Thin bands along region boundaries and a few random blobs are unlabelled (255).
+
+A sample depends only on ``(seed, split, index)``: it is generated on the fly with its own
+``numpy.random.Generator``, so loading is worker-safe and independent of the order of calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+
+from pixcontrast.data.base import (
+    IGNORE_INDEX,
+    SPLITS,
+    RawSample,
+    SegmentationDataModule,
+    SegmentationDataset,
+    Transform,
+)
+
+MIN_CLASSES = 2
+MAX_CLASSES = 16
+MIN_IMAGE_SIZE = 32
+_SPLIT_CODES = {split: code for code, split in enumerate(SPLITS)}
+_GOLDEN = 0.618033988749895
+
+
+class Texture(NamedTuple):
+    """A class texture: ``kind`` pattern at ``freq`` (cycles per pixel, or noise cells per pixel) and ``angle`` (deg)."""
+
+    name: str
+    kind: str
+    freq: float
+    angle: float
+
+
+TEXTURE_KINDS = ("plain", "grating", "checker", "dots", "rings", "noise")
+SHAPES = ("ellipse", "box", "triangle", "bar", "cross")
+
+# Background ("stuff") textures, in the order classes are added.
+STUFF_TEXTURES = (
+    Texture("grain", "noise", 0.5, 0.0),
+    Texture("blotch", "noise", 1 / 20, 0.0),
+    Texture("waves", "grating", 0.035, 0.0),
+    Texture("plain", "plain", 0.0, 0.0),
+    Texture("waves_v", "grating", 0.035, 90.0),
+    Texture("mottle", "noise", 1 / 6, 0.0),
+)
+# Object ("thing") textures; some thing classes share a texture and differ only by shape.
+THING_TEXTURES = (
+    Texture("grating", "grating", 0.16, 90.0),
+    Texture("checker", "checker", 0.09, 0.0),
+    Texture("dots", "dots", 0.11, 45.0),
+    Texture("rings", "rings", 0.12, 0.0),
+    Texture("grating_diag", "grating", 0.16, 45.0),
+    Texture("checker_diag", "checker", 0.09, 45.0),
+    Texture("grating_coarse", "grating", 0.08, 0.0),
+)
+
+
+@dataclass(frozen=True)
+class SceneClasses:
+    """Per-class definition arrays (length K) of a synthetic label set, built by :func:`scene_classes`."""
+
+    names: tuple[str, ...]
+    is_thing: np.ndarray  # K bool
+    shape: np.ndarray  # K int, index into SHAPES (-1 for stuff)
+    kind: np.ndarray  # K int, index into TEXTURE_KINDS
+    freq: np.ndarray  # K float32
+    angle: np.ndarray  # K float32, radians
+    hue: np.ndarray  # K float32 in [0, 1), the centre of the class's (wide) hue range
+    noise_cells: tuple[float, ...]  # distinct noise frequencies used by the label set
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+def _num_stuff(num_classes: int) -> int:
+    return max(1, round(0.375 * num_classes))
+
+
+def check_num_classes(num_classes: int) -> None:
+    """Raise a ``ValueError`` unless ``MIN_CLASSES <= num_classes <= MAX_CLASSES``."""
+    if not MIN_CLASSES <= num_classes <= MAX_CLASSES:
+        raise ValueError(
+            f"num_classes must be between {MIN_CLASSES} and {MAX_CLASSES} for synthetic scenes, got {num_classes}"
+        )
+
+
+@lru_cache(maxsize=None)
+def scene_classes(num_classes: int) -> SceneClasses:
+    """The label set of ``num_classes`` synthetic classes: about 3/8 stuff textures, the rest textured shapes.
+
+    Thing class ``j`` has shape ``SHAPES[j % 5]`` and texture ``THING_TEXTURES[2 * j // 3]``, so every third
+    pair of thing classes shares a texture and only the shape tells them apart.
+    """
+    check_num_classes(num_classes)
+    num_stuff = _num_stuff(num_classes)
+    textures = list(STUFF_TEXTURES[:num_stuff])
+    names = [texture.name for texture in textures]
+    shapes = [-1] * num_stuff
+    for j in range(num_classes - num_stuff):
+        texture = THING_TEXTURES[2 * j // 3]
+        textures.append(texture)
+        shapes.append(j % len(SHAPES))
+        names.append(f"{SHAPES[j % len(SHAPES)]}_{texture.name}")
+    return SceneClasses(
+        names=tuple(names),
+        is_thing=np.asarray(shapes) >= 0,
+        shape=np.asarray(shapes),
+        kind=np.asarray([TEXTURE_KINDS.index(t.kind) for t in textures]),
+        freq=np.asarray([t.freq for t in textures], dtype=np.float32),
+        angle=np.deg2rad(np.asarray([t.angle for t in textures], dtype=np.float32)),
+        hue=((np.arange(num_classes) * _GOLDEN) % 1.0).astype(np.float32),
+        noise_cells=tuple(sorted({t.freq for t in textures if t.kind == "noise"})),
+    )
+
+
+@lru_cache(maxsize=64)
+def _interp_matrix(size: int, cells: int) -> np.ndarray:
+    """``size x (cells + 1)`` linear-interpolation weights from a grid of ``cells`` cells to ``size`` pixels."""
+    position = (np.arange(size) + 0.5) * (cells / size)
+    left = np.minimum(np.floor(position).astype(np.int64), cells - 1)
+    weight = (position - left).astype(np.float32)
+    matrix = np.zeros((size, cells + 1), dtype=np.float32)
+    rows = np.arange(size)
+    matrix[rows, left] = 1.0 - weight
+    matrix[rows, left + 1] = weight
+    return matrix
+
+
+def smooth_noise(rng: np.random.Generator, height: int, width: int, freq: float) -> np.ndarray:
+    """H x W float32 noise with unit variance and about ``freq`` cells per pixel (>= 0.5: independent pixels)."""
+    if freq >= 0.5:
+        return rng.standard_normal((height, width), dtype=np.float32)
+    cells_y, cells_x = max(1, round(freq * height)), max(1, round(freq * width))
+    grid = rng.standard_normal((cells_y + 1, cells_x + 1), dtype=np.float32)
+    field = _interp_matrix(height, cells_y) @ grid @ _interp_matrix(width, cells_x).T
+    return (field - field.mean()) / (field.std() + 1e-6)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """``... x 3`` HSV in [0, 1] -> ``... x 3`` RGB in [0, 1]."""
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    sector = np.floor(h * 6.0)
+    f = h * 6.0 - sector
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    sector = sector.astype(np.int64) % 6
+    channels = [(v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q)]
+    return np.stack([np.choose(sector, choice) for choice in channels], axis=-1)
+
+
+def _shape_distance(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Normalised distance (<= 1 inside) of a shape in its own frame; ``u, v`` already divided by the half-sizes."""
+    name = SHAPES[shape]
+    if name == "ellipse":
+        return np.sqrt(u * u + v * v)
+    if name == "box":
+        return np.maximum(np.abs(u), np.abs(v))
+    if name == "triangle":
+        angles = np.pi / 2 + 2 * np.pi * np.arange(3, dtype=np.float32) / 3
+        support = np.cos(angles)[:, None, None, None] * u + np.sin(angles)[:, None, None, None] * v
+        return 2.0 * support.max(axis=0)
+    bar = np.maximum(np.abs(u), np.abs(v) * 4.0)
+    if name == "bar":
+        return bar
+    return np.minimum(bar, np.maximum(np.abs(v), np.abs(u) * 4.0))  # cross: the union of two bars
+
+
+def _texture(
+    kind: np.ndarray,
+    freq: np.ndarray,
+    angle: np.ndarray,
+    phase: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    centre_x: np.ndarray,
+    centre_y: np.ndarray,
+    noise: np.ndarray,
+) -> np.ndarray:
+    """Per-pixel texture value in about [-1, 1]; every argument is an H x W map (``phase`` 2 x H x W)."""
+    cos, sin = np.cos(angle), np.sin(angle)
+    u = 2 * np.pi * freq * (x * cos + y * sin) + phase[0]
+    w = 2 * np.pi * freq * (y * cos - x * sin) + phase[1]
+    radius = 2 * np.pi * freq * np.hypot(x - centre_x, y - centre_y) + phase[0]
+    patterns = (
+        np.zeros_like(u),
+        np.sin(u),
+        np.tanh(4.0 * np.sin(u) * np.sin(w)),
+        np.tanh(4.0 * (np.cos(u) + np.cos(w) - 1.0)),
+        np.sin(radius),
+        np.clip(noise, -2.0, 2.0) * 0.5,
+    )
+    return np.choose(kind, patterns)
+
+
+def generate_scene(
+    rng: np.random.Generator, height: int, width: int, classes: SceneClasses
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one scene: ``image`` H x W x 3 uint8 RGB and ``mask`` H x W int64 in ``[0, K)`` with 255 = ignore."""
+    f32 = np.float32
+    scale = float(np.sqrt(height * width))
+    y, x = np.mgrid[0:height, 0:width].astype(f32)
+    stuff_ids = np.flatnonzero(~classes.is_thing)
+    thing_ids = np.flatnonzero(classes.is_thing)
+
+    # Stuff: a warped Voronoi partition into a few regions.
+    num_regions = int(rng.integers(2, 6))
+    seeds = rng.uniform(0, 1, (num_regions, 2)).astype(f32) * np.array([width, height], dtype=f32)
+    warp = 0.08 * scale
+    warped_x = x + warp * smooth_noise(rng, height, width, 3 / scale)
+    warped_y = y + warp * smooth_noise(rng, height, width, 3 / scale)
+    distance = (warped_x - seeds[:, 0, None, None]) ** 2 + (warped_y - seeds[:, 1, None, None]) ** 2
+    instance = distance.argmin(axis=0)
+    instance_class = list(rng.choice(stuff_ids, num_regions))
+    centres = [seeds]
+
+    # Things: textured shapes, later ones occlude earlier ones.
+    num_objects = int(rng.integers(4, 9)) if len(thing_ids) else 0
+    if num_objects:
+        object_class = rng.choice(thing_ids, num_objects)
+        centre = rng.uniform(0.05, 0.95, (num_objects, 2)).astype(f32) * np.array([width, height], dtype=f32)
+        size = rng.uniform(0.1, 0.24, num_objects).astype(f32) * scale
+        aspect = rng.uniform(0.55, 1.0, num_objects).astype(f32)
+        rotation = rng.uniform(0, np.pi, num_objects).astype(f32)
+        dx = x[None] - centre[:, 0, None, None]
+        dy = y[None] - centre[:, 1, None, None]
+        cos, sin = np.cos(rotation)[:, None, None], np.sin(rotation)[:, None, None]
+        u = (dx * cos + dy * sin) / size[:, None, None]
+        v = (dy * cos - dx * sin) / (size * aspect)[:, None, None]
+        inside = np.zeros((num_objects, height, width), dtype=bool)
+        for shape in np.unique(classes.shape[object_class]):
+            chosen = classes.shape[object_class] == shape
+            inside[chosen] = _shape_distance(int(shape), u[chosen], v[chosen]) <= 1.0
+        order = np.arange(1, num_objects + 1)[:, None, None]
+        top = (inside * order).max(axis=0)
+        instance = np.where(top > 0, num_regions + top - 1, instance)
+        instance_class += list(object_class)
+        centres.append(centre)
+
+    # Per-instance appearance: shared colour distribution, class texture with small jitter.
+    cls = np.asarray(instance_class)
+    count = len(cls)
+    hue = (classes.hue[cls] + rng.uniform(-0.3, 0.3, count)) % 1.0
+    hsv = np.stack([hue, rng.uniform(0.15, 0.75, count), rng.uniform(0.3, 0.85, count)], axis=-1)
+    colour = hsv_to_rgb(hsv).astype(f32)
+    amplitude = rng.uniform(0.2, 0.45, count).astype(f32)
+    freq = classes.freq[cls] * rng.uniform(0.88, 1.12, count).astype(f32)
+    angle = classes.angle[cls] + np.deg2rad(rng.normal(0.0, 6.0, count)).astype(f32)
+    phase = rng.uniform(0, 2 * np.pi, (2, count)).astype(f32)
+    centre_xy = np.concatenate(centres, axis=0)
+    noise_fields = np.stack([smooth_noise(rng, height, width, cells) for cells in classes.noise_cells])
+    noise_index = np.searchsorted(np.asarray(classes.noise_cells), classes.freq[cls]).clip(0, len(noise_fields) - 1)
+    pixel_noise = np.take_along_axis(noise_fields, noise_index[instance][None], axis=0)[0]
+
+    pattern = _texture(
+        classes.kind[cls][instance],
+        freq[instance],
+        angle[instance],
+        phase[:, instance],
+        x,
+        y,
+        centre_xy[instance, 0],
+        centre_xy[instance, 1],
+        pixel_noise,
+    )
+    image = colour[instance] * (1.0 + amplitude[instance] * pattern)[..., None]
+
+    # Illumination (gain and a linear gradient) and sensor noise.
+    light_angle = rng.uniform(0, 2 * np.pi)
+    ramp = ((x - width / 2) * np.cos(light_angle) + (y - height / 2) * np.sin(light_angle)) / scale
+    image *= (rng.uniform(0.75, 1.2) * (1.0 + rng.uniform(-0.6, 0.6) * ramp))[..., None]
+    image += rng.normal(0.0, rng.uniform(0.01, 0.04), image.shape).astype(f32)
+    image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+    # Labels: class per pixel, boundary bands and random blobs unlabelled.
+    mask = cls[instance].astype(np.int64)
+    edge = np.zeros((height, width), dtype=bool)
+    edge_x = mask[:, 1:] != mask[:, :-1]
+    edge_y = mask[1:] != mask[:-1]
+    edge[:, 1:] |= edge_x
+    edge[:, :-1] |= edge_x
+    edge[1:] |= edge_y
+    edge[:-1] |= edge_y
+    num_blobs = int(rng.integers(0, 3))
+    blob_centre = rng.uniform(0, 1, (num_blobs, 2)) * np.array([width, height])
+    blob_radius = rng.uniform(0.04, 0.1, num_blobs) * scale
+    blob = (x[None] - blob_centre[:, 0, None, None]) ** 2 + (y[None] - blob_centre[:, 1, None, None]) ** 2
+    edge |= (blob <= blob_radius[:, None, None] ** 2).any(axis=0)
+    mask[edge] = IGNORE_INDEX
+    return image, mask
+
+
+def _image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if min(height, width) < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"image_size must be at least {MIN_IMAGE_SIZE} pixels per side for synthetic scenes, got {image_size}"
+        )
+    return int(height), int(width)
+
+
+class SyntheticScenesDataset(SegmentationDataset):
+    """``num_images`` synthetic scenes of one split; item ``index`` is a pure function of ``(seed, split, index)``.
+
+    Items follow the batch format: ``image`` 3 x H x W float32 (normalised), ``mask`` H x W int64, ``name``.
+    """
+
+    def __init__(
+        self,
+        num_images: int,
+        split: str = "train",
+        num_classes: int = 8,
+        image_size: int | Sequence[int] = 128,
+        seed: int = 0,
+        transform: Transform | None = None,
+    ) -> None:
+        super().__init__(transform)
+        if split not in _SPLIT_CODES:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if num_images < 0:
+            raise ValueError(f"num_images must be >= 0, got {num_images}")
+        if seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        self.classes = scene_classes(num_classes)
+        self.height, self.width = _image_hw(image_size)
+        self.num_images = num_images
+        self.split = split
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.classes.names
+
+    def generator(self, index: int) -> np.random.Generator:
+        """The random generator of item ``index``, seeded from ``(seed, split, index)`` only."""
+        entropy = np.random.SeedSequence([self.seed, _SPLIT_CODES[self.split], index])
+        return np.random.Generator(np.random.PCG64(entropy))
+
+    def load_sample(self, index: int) -> RawSample:
+        if not 0 <= index < self.num_images:
+            raise IndexError(f"index {index} out of range for {self.num_images} synthetic images")
+        image, mask = generate_scene(self.generator(index), self.height, self.width, self.classes)
+        return RawSample(image=image, mask=mask, name=f"{self.split}_{index:06d}")
+
+
+class SyntheticScenesDataModule(SegmentationDataModule):
+    """Procedurally generated scenes: no files, deterministic from ``seed``, any size and number of classes.
+
+    Args:
+        root: unused; kept so that every datamodule takes the dataset folder as its first argument.
+        num_classes: number of classes K (2 to 16); about 3/8 are background textures ("stuff"), the rest
+            textured shapes ("things"). ``class_names`` say texture and shape, e.g. ``"ellipse_grating"``.
+        image_size: side of the square images, or ``(height, width)``; at least 32.
+        num_train, num_val, num_test: number of images per split (each split uses its own random stream).
+        seed: the dataset seed; the same seed gives the same images on every machine and worker.
+        batch_size, num_workers, pin_memory, persistent_workers, drop_last, eval_batch_size: see
+            :class:`~pixcontrast.data.base.SegmentationDataModule`.
+
+    There is no augmentation: every index is a fresh scene, and flips would change the orientation that
+    defines some classes.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        num_classes: int = 8,
+        image_size: int | tuple[int, int] = 128,
+        num_train: int = 512,
+        num_val: int = 64,
+        num_test: int = 64,
+        seed: int = 0,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        drop_last: bool = True,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, eval_batch_size)
+        check_num_classes(num_classes)
+        _image_hw(image_size)
+        for name, count in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+            if count < 1:
+                raise ValueError(f"{name} must be >= 1, got {count}")
+        if seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        self.root = root
+        self.image_size = image_size
+        self.seed = seed
+        self.split_sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self._classes = scene_classes(num_classes)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._classes.names
+
+    def build_dataset(self, split: str) -> SyntheticScenesDataset:
+        return SyntheticScenesDataset(
+            self.split_sizes[split], split, self.num_classes, self.image_size, self.seed
+        )

@@ -1,0 +1,163 @@
+"""PiCIE's cluster losses: cross-entropy against frozen centroids, within and across two views.
+
+Features are L2-normalised per pixel and the classifiers are the epoch's k-means centroids, normalised as
+well, so labelling (nearest centroid) and the logits use the same cosine similarity: the pseudo-label of a
+pixel is the arg-max of its own logits. The logits are the cosine similarities divided by ``temperature``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _check_pair(features: Tensor, centroids: Tensor) -> None:
+    if features.ndim != 4:
+        raise ValueError(f"features must be B x D x h x w, got shape {tuple(features.shape)}")
+    if centroids.ndim != 2 or centroids.shape[1] != features.shape[1]:
+        raise ValueError(
+            f"centroids must be K x D with D={features.shape[1]} (the feature dimension), "
+            f"got shape {tuple(centroids.shape)}"
+        )
+
+
+def cluster_scores(features: Tensor, centroids: Tensor) -> Tensor:
+    """Cosine similarity of every pixel to every centroid.
+
+    Args:
+        features: ``B x D x h x w``, L2-normalised along ``D``.
+        centroids: ``K x D`` (normalised here).
+
+    Returns:
+        ``B x K x h x w`` float32 similarities.
+    """
+    _check_pair(features, centroids)
+    directions = F.normalize(centroids.float(), dim=1)
+    return torch.einsum("bdhw,kd->bkhw", features.float(), directions)
+
+
+def assign_clusters(features: Tensor, centroids: Tensor) -> Tensor:
+    """Pseudo-labels: index of the nearest centroid (cosine) of every pixel, ``B x h x w`` int64."""
+    with torch.no_grad():
+        return cluster_scores(features, centroids).argmax(dim=1)
+
+
+def balanced_cluster_weights(labels: Tensor, num_clusters: int) -> Tensor:
+    """Cross-entropy weights inverse to the clusters' pixel counts in ``labels`` (0 for absent clusters).
+
+    With these weights a mean-reduced cross-entropy is the mean over the present clusters of each cluster's
+    mean pixel loss, so small clusters count as much as large ones. Computed on the device, no host sync.
+
+    Args:
+        labels: int64 cluster ids of any shape, values in ``[0, num_clusters)``.
+
+    Returns:
+        ``num_clusters`` float32 weights.
+    """
+    flat = labels.reshape(-1)
+    counts = torch.zeros(num_clusters, dtype=torch.float32, device=labels.device)
+    counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+    return torch.where(counts > 0, counts.reciprocal(), torch.zeros_like(counts))
+
+
+def cluster_cross_entropy(
+    features: Tensor, centroids: Tensor, labels: Tensor, temperature: float = 1.0, balanced: bool = True
+) -> Tensor:
+    """Cross-entropy of the cosine logits ``features . centroids / temperature`` against ``labels``.
+
+    Args:
+        features: ``B x D x h x w`` L2-normalised.
+        centroids: ``K x D``.
+        labels: ``B x h x w`` int64 in ``[0, K)``.
+        temperature: divides the cosine similarities.
+        balanced: weight pixels by the inverse frequency of their label in ``labels``.
+
+    Returns:
+        scalar loss.
+    """
+    logits = cluster_scores(features, centroids) / temperature
+    weight = balanced_cluster_weights(labels, centroids.shape[0]) if balanced else None
+    return F.cross_entropy(logits, labels, weight=weight)
+
+
+class PiCIELossOutput(NamedTuple):
+    """Result of :func:`picie_loss`: the total and its parts (scalars), and the pseudo-labels (``B x h x w``)."""
+
+    loss: Tensor
+    within_view: Tensor
+    across_view: Tensor
+    labels1: Tensor
+    labels2: Tensor
+
+
+def picie_loss(
+    features1: Tensor,
+    features2: Tensor,
+    centroids1: Tensor,
+    centroids2: Tensor,
+    temperature: float = 1.0,
+    balanced: bool = True,
+) -> PiCIELossOutput:
+    """PiCIE's loss on two pixel-aligned views.
+
+    Pseudo-labels ``y1``/``y2`` are the nearest centroids of each view's own (detached) features. The loss is
+    the mean of four cross-entropies: within-view ``CE(z1.mu1, y1)``, ``CE(z2.mu2, y2)`` and across-view
+    ``CE(z1.mu2, y2)``, ``CE(z2.mu1, y1)``.
+
+    Args:
+        features1: ``B x D x h x w`` features of view 1 (L2-normalised).
+        features2: ``B x D x h x w`` features of view 2, already warped onto view 1's pixel grid.
+        centroids1: ``K x D`` centroids of view 1; ``centroids2``: ``K x D`` centroids of view 2.
+        temperature: divides the cosine logits.
+        balanced: inverse-frequency weights per cross-entropy (see :func:`balanced_cluster_weights`).
+
+    Returns:
+        :class:`PiCIELossOutput`; ``within_view`` and ``across_view`` are the means of their two terms and
+        ``loss`` their mean.
+    """
+    if features1.shape != features2.shape:
+        raise ValueError(
+            f"the two views' features must be aligned pixel to pixel, got shapes {tuple(features1.shape)} "
+            f"and {tuple(features2.shape)}"
+        )
+    if centroids1.shape != centroids2.shape:
+        raise ValueError(
+            f"the two views need centroid sets of the same shape, got {tuple(centroids1.shape)} and "
+            f"{tuple(centroids2.shape)}"
+        )
+    labels1 = assign_clusters(features1.detach(), centroids1)
+    labels2 = assign_clusters(features2.detach(), centroids2)
+    within = 0.5 * (
+        cluster_cross_entropy(features1, centroids1, labels1, temperature, balanced)
+        + cluster_cross_entropy(features2, centroids2, labels2, temperature, balanced)
+    )
+    across = 0.5 * (
+        cluster_cross_entropy(features1, centroids2, labels2, temperature, balanced)
+        + cluster_cross_entropy(features2, centroids1, labels1, temperature, balanced)
+    )
+    return PiCIELossOutput(0.5 * (within + across), within, across, labels1, labels2)
+
+
+class PiCIELoss(nn.Module):
+    """Module form of :func:`picie_loss` with fixed ``temperature`` and ``balanced``.
+
+    ``forward(features1, features2, centroids1, centroids2) -> PiCIELossOutput``.
+    """
+
+    def __init__(self, temperature: float = 1.0, balanced: bool = True) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.balanced = balanced
+
+    def forward(
+        self, features1: Tensor, features2: Tensor, centroids1: Tensor, centroids2: Tensor
+    ) -> PiCIELossOutput:
+        return picie_loss(features1, features2, centroids1, centroids2, self.temperature, self.balanced)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, balanced={self.balanced}"
