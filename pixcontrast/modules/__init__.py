@@ -1,0 +1,7 @@
+"""LightningModules: supervised segmentation, pixel contrast and PiCIE."""
+
+from pixcontrast.modules.base import SegmentationModule
+from pixcontrast.modules.contrastive import ContrastiveSegmenter
+from pixcontrast.modules.picie import PiCIE
+
+__all__ = ["SegmentationModule", "ContrastiveSegmenter", "PiCIE"]

@@ -1,0 +1,277 @@
+"""SegmentationModule: the supervised Lightning module every pixcontrast segmenter builds on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from pixcontrast.inference import predict_logits
+from pixcontrast.models import Segmenter
+
+EVAL_MODES = ("whole", "slide", "multiscale")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def masked_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int) -> Tensor:
+    """Mean cross-entropy over the pixels that are not ``ignore_index``.
+
+    ``logits`` B x K x h x w are bilinearly upsampled to the size of ``target`` (B x H x W) first. A batch
+    without a single labelled pixel gives 0 (still connected to the graph) instead of NaN, with no host sync.
+    """
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+    return total / (target != ignore_index).sum().clamp_min(1)
+
+
+class SegmentationModule(L.LightningModule):
+    """Supervised semantic segmentation: a :class:`~pixcontrast.models.Segmenter` trained with cross-entropy.
+
+    Template hooks (override one instead of ``__init__``): :meth:`configure_models` builds ``self.model``,
+    :meth:`configure_losses` the loss terms, :meth:`configure_metrics` the validation/test metrics. (They are
+    named as in torchgeo; Lightning reserves ``configure_model`` for sharded initialisation.)
+
+    ``forward(images)`` is the inference path: B x 3 x H x W -> logits B x K x H x W. Validation and test use
+    ``eval_mode`` (``whole``, ``slide`` with ``eval_crop_size``/``eval_stride`` as (H, W), or ``multiscale``
+    with ``eval_scales`` and ``eval_flip``). The optimiser is SGD with poly decay (the papers' default) or AdamW.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        encoder: str = "resnet18",
+        head: Literal["fcn", "aspp", "ocr"] = "fcn",
+        aux_head: bool = False,
+        aux_weight: float = 0.4,
+        output_stride: int | None = 8,
+        head_channels: int = 256,
+        dropout: float = 0.1,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        ignore_index: int = 255,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        poly_power: float = 0.9,
+        eval_mode: Literal["whole", "slide", "multiscale"] = "whole",
+        eval_crop_size: tuple[int, int] | None = None,
+        eval_stride: tuple[int, int] | None = None,
+        eval_scales: Sequence[float] = (1.0,),
+        eval_flip: bool = False,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {eval_mode!r}")
+        if eval_mode == "slide" and eval_crop_size is None:
+            raise ValueError("eval_mode='slide' needs eval_crop_size=(H, W) (and optionally eval_stride)")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+        self.save_hyperparameters()
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self._batches_checked: set[str] = set()
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    # ----------------------------------------------------------------------------------------- template hooks
+    def segmenter_kwargs(self) -> dict[str, Any]:
+        """The :class:`Segmenter` constructor arguments taken from the hyperparameters."""
+        hp = self.hparams
+        return dict(
+            num_classes=hp.num_classes,
+            encoder=hp.encoder,
+            head=hp.head,
+            aux_head=hp.aux_head,
+            output_stride=hp.output_stride,
+            head_channels=hp.head_channels,
+            dropout=hp.dropout,
+            pretrained=hp.pretrained,
+            weights_path=hp.weights_path,
+        )
+
+    def configure_models(self) -> None:
+        """Build ``self.model``."""
+        self.model = Segmenter(**self.segmenter_kwargs())
+
+    def configure_losses(self) -> None:
+        """Build the loss terms (cross-entropy needs no module; subclasses add theirs)."""
+
+    def configure_metrics(self) -> None:
+        """Build dataset-level mIoU, per-class IoU and pixel accuracy for validation and test."""
+        num_classes, ignore = self.hparams.num_classes, self.hparams.ignore_index
+        metrics = MetricCollection(
+            {
+                "iou": MulticlassJaccardIndex(
+                    num_classes, average="none", ignore_index=ignore, zero_division=float("nan"), validate_args=False
+                ),
+                "pixel_accuracy": MulticlassAccuracy(
+                    num_classes, average="micro", ignore_index=ignore, validate_args=False
+                ),
+            }
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    # ------------------------------------------------------------------------------------------- inference
+    def forward(self, images: Tensor) -> Tensor:
+        """Inference: images B x 3 x H x W -> logits B x K x H x W (no training-only heads run)."""
+        return self.model(images)
+
+    def predict_logits(self, images: Tensor) -> Tensor:
+        """Logits at input size with the configured evaluation mode (whole, sliding window, multi-scale)."""
+        hp = self.hparams
+        return predict_logits(
+            self.forward,
+            images,
+            mode=hp.eval_mode,
+            crop_size=hp.eval_crop_size,
+            stride=hp.eval_stride,
+            scales=hp.eval_scales,
+            flip=hp.eval_flip,
+        )
+
+    # -------------------------------------------------------------------------------------------- checks
+    def check_batch(self, batch: dict[str, Any], stage: str) -> None:
+        """Reject unusable batches with a clear message.
+
+        Every batch: a missing key or an empty batch. The first batch of each stage also has its label values
+        checked (one host sync, once per stage), so a wrong label set fails early instead of deep inside
+        the cross-entropy.
+        """
+        for key in ("image", "mask"):
+            if key not in batch:
+                raise KeyError(f"{stage} batch has no {key!r} entry; batches must be dicts with 'image' and 'mask'")
+        images, masks = batch["image"], batch["mask"]
+        if images.shape[0] == 0:
+            raise ValueError(f"received an empty {stage} batch (0 images); check the dataset and its sampler")
+        if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+            raise ValueError(
+                f"{stage} batch: mask shape {tuple(masks.shape)} does not match image shape {tuple(images.shape)}"
+            )
+        if stage in self._batches_checked:
+            return
+        self._batches_checked.add(stage)
+        ignore, num_classes = self.hparams.ignore_index, self.hparams.num_classes
+        labelled = masks[masks != ignore]
+        if labelled.numel() == 0:
+            rank_zero_warn(
+                f"the first {stage} batch has no labelled pixel (all masks are {ignore}); "
+                "check the dataset's label set and label files"
+            )
+            return
+        low, high = int(labelled.min()), int(labelled.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"{stage} batch has label values in [{low}, {high}] but the model has num_classes={num_classes} "
+                f"(valid: 0..{num_classes - 1} and ignore_index={ignore}); fix num_classes or the dataset's "
+                "label set / label mapping"
+            )
+
+    # ------------------------------------------------------------------------------------------- training
+    def compute_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Loss terms of one training batch; ``loss`` is the total that is back-propagated."""
+        output = self.model.forward_train(batch["image"])
+        return self.supervised_losses(output, batch["mask"])
+
+    def supervised_losses(self, output: Any, masks: Tensor) -> dict[str, Tensor]:
+        """Cross-entropy (+ ``aux_weight`` x auxiliary cross-entropy) of a :class:`SegmenterOutput`."""
+        ignore = self.hparams.ignore_index
+        losses = {"ce": masked_cross_entropy(output.logits, masks, ignore)}
+        total = losses["ce"]
+        if output.aux_logits is not None:
+            losses["aux_ce"] = masked_cross_entropy(output.aux_logits, masks, ignore)
+            total = total + self.hparams.aux_weight * losses["aux_ce"]
+        losses["loss"] = total
+        return losses
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        self.check_batch(batch, "train")
+        losses = self.compute_losses(batch)
+        batch_size = batch["image"].shape[0]
+        self.log_dict(
+            {f"train/{name}": value.detach() for name, value in losses.items()},
+            prog_bar=False,
+            batch_size=batch_size,
+        )
+        self.log("loss", losses["loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size)
+        return losses["loss"]
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def _evaluation_step(self, batch: dict[str, Any], stage: str) -> None:
+        self.check_batch(batch, stage)
+        logits = self.predict_logits(batch["image"])
+        masks = batch["mask"]
+        loss = masked_cross_entropy(logits, masks, self.hparams.ignore_index)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(logits.argmax(dim=1), masks)
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=masks.shape[0])
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        values = metrics.compute()
+        per_class = values[f"{stage}/iou"]
+        logged = {
+            f"{stage}/miou": per_class.nanmean(),
+            f"{stage}/pixel_accuracy": values[f"{stage}/pixel_accuracy"],
+        }
+        logged.update({f"{stage}/iou_{name}": iou for name, iou in zip(self.class_names, per_class)})
+        self.log_dict(logged)
+        metrics.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Label maps B x H x W (int64) with the names and images, for :class:`SegmentationPredictionWriter`."""
+        logits = self.predict_logits(batch["image"])
+        return {"label_map": logits.argmax(dim=1), "name": batch.get("name"), "image": batch["image"]}
+
+    def visualization_outputs(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Hook for :class:`SegmentationVisualizer`: ``prediction`` B x H x W (int64)."""
+        return {"prediction": self.predict_logits(batch["image"]).argmax(dim=1)}
+
+    # ------------------------------------------------------------------------------------------ optimiser
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups for the optimiser (override to give heads their own learning rate)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                self.parameter_groups(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+            )
+        else:
+            optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, weight_decay=hp.weight_decay)
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        power = hp.poly_power
+
+        def poly(step: int) -> float:
+            return max(1.0 - step / total_steps, 0.0) ** power
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
