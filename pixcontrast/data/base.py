@@ -15,6 +15,9 @@ IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val", "test")
+# normalised = (pixel / 255 - mean) / std = pixel * _PIXEL_SCALE - _PIXEL_SHIFT, one multiply and one subtract
+_PIXEL_SCALE = 1.0 / (255.0 * torch.tensor(IMAGENET_STD).view(3, 1, 1))
+_PIXEL_SHIFT = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 Transform = Callable[..., Mapping[str, Any]]
 
@@ -38,10 +41,8 @@ def normalize_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     array = torch.as_tensor(np.ascontiguousarray(image))
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ValueError(f"expected an H x W x 3 RGB image, got shape {tuple(array.shape)}")
-    chw = array.permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return chw.sub_(mean).div_(std)
+    chw = array.permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format)
+    return chw.mul_(_PIXEL_SCALE).sub_(_PIXEL_SHIFT)
 
 
 def denormalize_image(image: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,127 @@
+"""Cityscapes: the official ``leftImg8bit`` / ``gtFine`` tree, label sets "19" (train ids) and "27" (ids 7..33)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pixcontrast.data.files import FileSegmentationDataModule, FileSegmentationDataset
+from pixcontrast.data.io import missing_files
+from pixcontrast.data.label_maps import CITYSCAPES_LABEL_SETS, CITYSCAPES_LUTS, CITYSCAPES_TRAIN_ID_LUT
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_ID_SUFFIX = "_gtFine_labelIds.png"
+TRAIN_ID_SUFFIX = "_gtFine_labelTrainIds.png"
+
+
+class CityscapesDataModule(FileSegmentationDataModule):
+    """Cityscapes as the official archives unpack (``leftImg8bit_trainvaltest.zip``, ``gtFine_trainvaltest.zip``).
+
+    Label sets: ``"19"`` -- the 19 training classes (train ids, everything else 255); ``"27"`` -- labelIds
+    7..33 as 0..26 (unsupervised benchmarks), ids 0..6 ignored. Label ids are mapped on the fly through a
+    lookup table; for ``"19"`` the ``*_gtFine_labelTrainIds.png`` files written by
+    ``pixcontrast prepare cityscapes --root ROOT`` are read instead when present for every image.
+    Items are named by the frame id (the image stem without ``_leftImg8bit``), e.g. ``aachen_000000_000019``.
+
+    Args:
+        root: the folder holding ``leftImg8bit/`` and ``gtFine/``.
+        label_set: ``"19"`` or ``"27"``.
+        crop_size: training crop (height, width).
+        scale_range: random scale range of the training pipeline (``None``: no scaling).
+        hflip / photometric: random horizontal flip / colour jitter in training.
+        eval_resize: resize the shorter side of val/test images to this many pixels (default: full size).
+        eval_crop: centre crop (height, width) of val/test images after ``eval_resize``.
+        extra_train_splits: further ``leftImg8bit`` splits added to training as unlabelled images (all pixels
+            ignored), e.g. ``["train_extra"]`` (``leftImg8bit_trainextra.zip``) or ``["test"]`` for
+            unsupervised training.
+        train_transform / eval_transform: a callable ``f(image=..., mask=...) -> {"image", "mask"}`` (e.g. an
+            ``albumentations.Compose``) replacing the built-in pipeline.
+        The loader options are those of :class:`~pixcontrast.data.base.SegmentationDataModule`. The test split
+        uses ``gtFine/test`` when present (the official test labels are placeholders) and is unlabelled otherwise.
+    """
+
+    dataset_name = "Cityscapes"
+    label_sets = CITYSCAPES_LABEL_SETS
+    layout = (
+        "  leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png\n"
+        "  gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png\n"
+        "(unpack leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into root)"
+    )
+    prepare_hint = (
+        "Optionally run `pixcontrast prepare cityscapes --root {root}` to write *_gtFine_labelTrainIds.png "
+        "next to the label ids."
+    )
+
+    def __init__(
+        self,
+        root: str,
+        label_set: str = "19",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        drop_last: bool = True,
+        eval_batch_size: int | None = None,
+        crop_size: tuple[int, int] = (512, 1024),
+        scale_range: tuple[float, float] | None = (0.5, 2.0),
+        hflip: bool = True,
+        photometric: bool = False,
+        eval_resize: int | None = None,
+        eval_crop: tuple[int, int] | None = None,
+        extra_train_splits: Sequence[str] = (),
+        train_transform: Callable | None = None,
+        eval_transform: Callable | None = None,
+    ) -> None:
+        super().__init__(
+            root,
+            label_set,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            drop_last=drop_last,
+            eval_batch_size=eval_batch_size,
+            crop_size=crop_size,
+            scale_range=scale_range,
+            hflip=hflip,
+            photometric=photometric,
+            eval_resize=eval_resize,
+            eval_crop=eval_crop,
+            train_transform=train_transform,
+            eval_transform=eval_transform,
+        )
+        self.extra_train_splits = list(extra_train_splits)
+
+    def _images(self, split: str) -> list[Path]:
+        folder = self.root / "leftImg8bit" / split
+        if not folder.is_dir():
+            problem = "root does not exist" if not self.root.is_dir() else f"missing folder {str(folder)!r}"
+            raise self.layout_error(problem)
+        return sorted(folder.glob(f"*/*{IMAGE_SUFFIX}"))
+
+    def _labels(self, split: str, images: list[Path]) -> tuple[list[Path] | None, bool]:
+        """Label paths of ``images`` and whether they hold train ids; ``None`` for an unlabelled test split."""
+        folder = self.root / "gtFine" / split
+        if split == "test" and not folder.is_dir():
+            return None, False
+        frames = [(image.parent.name, image.name[: -len(IMAGE_SUFFIX)]) for image in images]
+        if self.label_set == "19":
+            train_ids = [folder / city / f"{frame}{TRAIN_ID_SUFFIX}" for city, frame in frames]
+            if images and not missing_files(train_ids):
+                return train_ids, True
+        label_ids = [folder / city / f"{frame}{LABEL_ID_SUFFIX}" for city, frame in frames]
+        self.check_files(label_ids, f"{split} label maps (*{LABEL_ID_SUFFIX})")
+        return label_ids, False
+
+    def build_dataset(self, split: str) -> FileSegmentationDataset:
+        images = self._images(split)
+        labels, train_ids = self._labels(split, images)
+        lut = CITYSCAPES_TRAIN_ID_LUT if train_ids else CITYSCAPES_LUTS[self.label_set]
+        all_labels: list[Path | None] = list(labels) if labels is not None else [None] * len(images)
+        if split == "train":
+            for extra in self.extra_train_splits:
+                extra_images = self._images(extra)
+                images += extra_images
+                all_labels += [None] * len(extra_images)
+        names = [image.name[: -len(IMAGE_SUFFIX)] for image in images]
+        return FileSegmentationDataset(images, all_labels, names, lut=lut, transform=self.transform_for(split))

@@ -1,0 +1,143 @@
+"""Datasets of image / label-map files and the datamodule base shared by the real-dataset modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from pixcontrast.data.base import IGNORE_INDEX, RawSample, SegmentationDataModule, SegmentationDataset, Transform
+from pixcontrast.data.io import apply_lut, missing_files, read_image, read_label
+from pixcontrast.data.label_maps import LabelSet, check_label_set
+from pixcontrast.data.transforms import WorkerSeeded, build_eval_transform, build_train_transform
+
+LabelReader = Callable[[str], np.ndarray]
+
+
+class FileSegmentationDataset(SegmentationDataset):
+    """Image files with optional label maps, raw label values mapped to the label set through a lookup table.
+
+    Args:
+        images: image paths (any format OpenCV reads).
+        labels: label-map paths, one per image; ``None`` (or a ``None`` entry) for unlabelled images, whose
+            masks are all ``ignore_index``.
+        names: item names (default: the image file stems).
+        lut: raw label value -> class id table (uint8, 255 = ignore); values outside the table are ignored.
+            ``None`` keeps the raw values.
+        transform: ``transform(image=..., mask=...) -> {"image", "mask"}``.
+        label_reader: reads one label map as an ``H x W`` integer array (default: PNG via OpenCV).
+    """
+
+    def __init__(
+        self,
+        images: Sequence[str | Path],
+        labels: Sequence[str | Path | None] | None = None,
+        names: Sequence[str] | None = None,
+        lut: np.ndarray | None = None,
+        transform: Transform | None = None,
+        label_reader: LabelReader = read_label,
+    ) -> None:
+        super().__init__(transform)
+        self.images = [str(path) for path in images]
+        self.labels = [None if p is None else str(p) for p in labels] if labels is not None else [None] * len(images)
+        self.names = list(names) if names is not None else [Path(p).stem for p in self.images]
+        if not len(self.images) == len(self.labels) == len(self.names):
+            raise ValueError(
+                f"got {len(self.images)} images, {len(self.labels)} labels and {len(self.names)} names; "
+                "they must match one to one"
+            )
+        self.lut = lut
+        self.label_reader = label_reader
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load_sample(self, index: int) -> RawSample:
+        image = read_image(self.images[index])
+        label_path = self.labels[index]
+        if label_path is None:
+            mask = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.int64)
+        else:
+            raw = self.label_reader(label_path)
+            if raw.shape != image.shape[:2]:
+                raise ValueError(
+                    f"label map {label_path!r} is {raw.shape[1]}x{raw.shape[0]} but image {self.images[index]!r} "
+                    f"is {image.shape[1]}x{image.shape[0]} (width x height); they must match"
+                )
+            mask = (raw if self.lut is None else apply_lut(raw, self.lut)).astype(np.int64)
+        return RawSample(image=image, mask=mask, name=self.names[index])
+
+
+class FileSegmentationDataModule(SegmentationDataModule):
+    """Base of the real-dataset datamodules: label set, transform options, layout errors.
+
+    Subclasses set ``dataset_name``, ``label_sets``, ``layout`` (the expected tree, for error messages) and
+    ``prepare_hint``, and implement :meth:`build_dataset` with :meth:`transform_for` and :meth:`layout_error`.
+    Sizes are ``(height, width)``.
+    """
+
+    dataset_name: ClassVar[str]
+    label_sets: ClassVar[dict[str, LabelSet]]
+    layout: ClassVar[str]
+    prepare_hint: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        root: str,
+        label_set: str,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        drop_last: bool = True,
+        eval_batch_size: int | None = None,
+        crop_size: tuple[int, int] = (512, 512),
+        scale_range: tuple[float, float] | None = (0.5, 2.0),
+        hflip: bool = True,
+        photometric: bool = False,
+        eval_resize: int | None = None,
+        eval_crop: tuple[int, int] | None = None,
+        train_transform: Callable | None = None,
+        eval_transform: Callable | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            drop_last=drop_last,
+            eval_batch_size=eval_batch_size,
+        )
+        self.root = Path(root).expanduser()
+        self.label_set = check_label_set(self.dataset_name, label_set, self.label_sets)
+        # Built now so that bad options fail at construction, before any data is touched.
+        self.train_transform = train_transform or build_train_transform(crop_size, scale_range, hflip, photometric)
+        self.eval_transform = eval_transform or build_eval_transform(eval_resize, eval_crop)
+
+    @property
+    def class_names(self) -> Sequence[str]:
+        return self.label_sets[self.label_set].names
+
+    @property
+    def palette(self) -> np.ndarray:
+        return self.label_sets[self.label_set].palette
+
+    def transform_for(self, split: str) -> Transform | None:
+        """The (worker-seeded) transform of ``split``: the training pipeline for ``train``, else evaluation."""
+        transform = self.train_transform if split == "train" else self.eval_transform
+        return None if transform is None else WorkerSeeded(transform)
+
+    def layout_error(self, problem: str) -> FileNotFoundError:
+        """One error naming the problem, the expected layout and, where one exists, the prepare command."""
+        hint = f"\n{self.prepare_hint.format(root=self.root)}" if self.prepare_hint else ""
+        return FileNotFoundError(
+            f"{self.dataset_name}: {problem}\nExpected layout under root={str(self.root)!r}:\n{self.layout}{hint}"
+        )
+
+    def check_files(self, paths: Sequence[str | Path], what: str) -> None:
+        """Raise :meth:`layout_error` when any of ``paths`` is missing, naming the first and the count."""
+        missing = missing_files(paths)
+        if missing:
+            raise self.layout_error(f"{len(missing)} of {len(paths)} {what} are missing, e.g. {missing[0]!r}")

@@ -1,0 +1,181 @@
+"""Label sets of the supported datasets: class names, palettes and raw-id -> class-id lookup tables.
+
+Every lookup table (LUT) maps a raw stored label value to a class id of the label set, with
+``IGNORE_INDEX`` (255) for every raw value that is not part of the set (documented behaviour: values
+outside the label set are ignored, never trained on). Tables are ``uint8`` arrays indexed by the raw value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pixcontrast.data.base import IGNORE_INDEX, default_palette
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """A label set: ``names[k]`` and ``palette[k]`` (uint8 RGB) describe class ``k``."""
+
+    names: tuple[str, ...]
+    palette: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+def build_lut(mapping: dict[int, int], size: int = 256) -> np.ndarray:
+    """A ``size`` uint8 table with ``table[raw] = mapping[raw]`` and ``IGNORE_INDEX`` elsewhere."""
+    table = np.full(size, IGNORE_INDEX, dtype=np.uint8)
+    table[list(mapping)] = list(mapping.values())
+    return table
+
+
+def check_label_set(dataset: str, label_set: str, known: dict[str, object]) -> str:
+    """Return ``label_set`` as a string, or raise a ValueError naming the valid choices."""
+    label_set = str(label_set)
+    if label_set not in known:
+        raise ValueError(f"{dataset}: unknown label_set {label_set!r}; choose one of {sorted(known)}")
+    return label_set
+
+
+# --------------------------------------------------------------------------------------------------- Cityscapes
+# (labelId, name, trainId, colour) of the official Cityscapes label definition, labelIds 0..33.
+CITYSCAPES_LABELS: tuple[tuple[int, str, int, tuple[int, int, int]], ...] = (
+    (0, "unlabeled", 255, (0, 0, 0)),
+    (1, "ego vehicle", 255, (0, 0, 0)),
+    (2, "rectification border", 255, (0, 0, 0)),
+    (3, "out of roi", 255, (0, 0, 0)),
+    (4, "static", 255, (0, 0, 0)),
+    (5, "dynamic", 255, (111, 74, 0)),
+    (6, "ground", 255, (81, 0, 81)),
+    (7, "road", 0, (128, 64, 128)),
+    (8, "sidewalk", 1, (244, 35, 232)),
+    (9, "parking", 255, (250, 170, 160)),
+    (10, "rail track", 255, (230, 150, 140)),
+    (11, "building", 2, (70, 70, 70)),
+    (12, "wall", 3, (102, 102, 156)),
+    (13, "fence", 4, (190, 153, 153)),
+    (14, "guard rail", 255, (180, 165, 180)),
+    (15, "bridge", 255, (150, 100, 100)),
+    (16, "tunnel", 255, (150, 120, 90)),
+    (17, "pole", 5, (153, 153, 153)),
+    (18, "polegroup", 255, (153, 153, 153)),
+    (19, "traffic light", 6, (250, 170, 30)),
+    (20, "traffic sign", 7, (220, 220, 0)),
+    (21, "vegetation", 8, (107, 142, 35)),
+    (22, "terrain", 9, (152, 251, 152)),
+    (23, "sky", 10, (70, 130, 180)),
+    (24, "person", 11, (220, 20, 60)),
+    (25, "rider", 12, (255, 0, 0)),
+    (26, "car", 13, (0, 0, 142)),
+    (27, "truck", 14, (0, 0, 70)),
+    (28, "bus", 15, (0, 60, 100)),
+    (29, "caravan", 255, (0, 0, 90)),
+    (30, "trailer", 255, (0, 0, 110)),
+    (31, "train", 16, (0, 80, 100)),
+    (32, "motorcycle", 17, (0, 0, 230)),
+    (33, "bicycle", 18, (119, 11, 32)),
+)
+
+_CS_TRAIN = sorted((t, i) for i, _, t, _ in CITYSCAPES_LABELS if t != IGNORE_INDEX)
+_CS_27 = [row for row in CITYSCAPES_LABELS if 7 <= row[0] <= 33]
+
+CITYSCAPES_LABEL_SETS: dict[str, LabelSet] = {
+    "19": LabelSet(
+        names=tuple(CITYSCAPES_LABELS[i][1] for _, i in _CS_TRAIN),
+        palette=np.array([CITYSCAPES_LABELS[i][3] for _, i in _CS_TRAIN], dtype=np.uint8),
+    ),
+    "27": LabelSet(names=tuple(r[1] for r in _CS_27), palette=np.array([r[3] for r in _CS_27], dtype=np.uint8)),
+}
+#: labelId -> class id, per label set.
+CITYSCAPES_LUTS: dict[str, np.ndarray] = {
+    "19": build_lut({i: t for i, _, t, _ in CITYSCAPES_LABELS if t != IGNORE_INDEX}),
+    "27": build_lut({r[0]: k for k, r in enumerate(_CS_27)}),
+}
+#: trainId (as in ``*_gtFine_labelTrainIds.png``) -> class id of the "19" set.
+CITYSCAPES_TRAIN_ID_LUT = build_lut({k: k for k in range(19)})
+
+# ----------------------------------------------------------------------------------------------- PASCAL-Context
+#: The 59 classes of the standard PASCAL-Context protocol (alphabetical, as the 459-category labels.txt).
+PASCAL_CONTEXT_59_NAMES: tuple[str, ...] = tuple(
+    "aeroplane bag bed bedclothes bench bicycle bird boat book bottle building bus cabinet car cat ceiling chair "
+    "cloth computer cow cup curtain dog door fence floor flower food grass ground horse keyboard light motorbike "
+    "mountain mouse person plate platform pottedplant road rock sheep shelves sidewalk sign sky snow sofa table "
+    "track train tree truck tvmonitor wall water window wood".split()
+)
+#: Their raw ids (1-based line numbers of the release's labels.txt), used when no labels.txt is given.
+PASCAL_CONTEXT_59_RAW_IDS: tuple[int, ...] = (
+    2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98, 104, 105, 113, 115, 144, 158,
+    159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308, 324, 326, 347, 349, 354, 355, 360, 366,
+    368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458,
+)  # fmt: skip
+
+PASCAL_CONTEXT_LABEL_SETS: dict[str, LabelSet] = {
+    "59": LabelSet(names=PASCAL_CONTEXT_59_NAMES, palette=default_palette(60)[1:]),
+    "60": LabelSet(names=("background", *PASCAL_CONTEXT_59_NAMES), palette=default_palette(60)),
+}
+#: Prepared PNG value (0 = background, 1..59 = classes) -> class id, per label set.
+PASCAL_CONTEXT_LUTS: dict[str, np.ndarray] = {
+    "59": build_lut({k: k - 1 for k in range(1, 60)}),
+    "60": build_lut({k: k for k in range(60)}),
+}
+
+# ---------------------------------------------------------------------------------------------------- COCO-Stuff
+#: The 182 COCO-Stuff names, index = stuffthingmaps value = COCO category id - 1 (11 thing ids are unused).
+COCO_STUFF_182_NAMES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "street sign", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep",
+    "cow", "elephant", "bear", "zebra", "giraffe", "hat", "backpack", "umbrella", "shoe", "eye glasses",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat",
+    "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "plate", "wine glass", "cup", "fork",
+    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza",
+    "donut", "cake", "chair", "couch", "potted plant", "bed", "mirror", "dining table", "window", "desk",
+    "toilet", "door", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
+    "toaster", "sink", "refrigerator", "blender", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush", "hair brush", "banner", "blanket", "branch", "bridge", "building-other",
+    "bush", "cabinet", "cage", "cardboard", "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes",
+    "clouds", "counter", "cupboard", "curtain", "desk-stuff", "dirt", "door-stuff", "fence", "floor-marble",
+    "floor-other", "floor-stone", "floor-tile", "floor-wood", "flower", "fog", "food-other", "fruit",
+    "furniture-other", "grass", "gravel", "ground-other", "hill", "house", "leaves", "light", "mat", "metal",
+    "mirror-stuff", "moss", "mountain", "mud", "napkin", "net", "paper", "pavement", "pillow", "plant-other",
+    "plastic", "platform", "playingfield", "railing", "railroad", "river", "road", "rock", "roof", "rug",
+    "salad", "sand", "sea", "shelf", "sky-other", "skyscraper", "snow", "solid-other", "stairs", "stone",
+    "straw", "structural-other", "table", "tent", "textile-other", "towel", "tree", "vegetable", "wall-brick",
+    "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile", "wall-wood", "water-other",
+    "waterdrops", "window-blind", "window-other", "wood",
+)  # fmt: skip
+#: stuffthingmaps values of the 11 COCO category ids that no annotation uses (12, 26, 29, 30, 45, 66, 68, 69,
+#: 71, 83, 91 minus one).
+COCO_STUFF_UNUSED: tuple[int, ...] = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
+#: First stuff value: values 0..90 are things, 91..181 stuff.
+COCO_STUFF_FIRST_STUFF = 91
+#: Fine (stuffthingmaps value 0..181) -> coarse supercategory (0..26) table of the unsupervised benchmarks.
+COCO_STUFF_FINE_TO_COARSE: tuple[int, ...] = (
+    9, 11, 11, 11, 11, 11, 11, 11, 11, 8, 8, 8, 8, 8, 8, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 6, 6, 6, 6, 6,
+    10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 5, 5, 5, 5, 5, 5, 5, 5, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 4, 4, 4, 4, 4, 4, 4, 4, 17, 17, 22, 20, 20, 22, 15,
+    25, 16, 13, 12, 12, 17, 17, 23, 15, 15, 17, 15, 21, 15, 25, 13, 13, 13, 13, 13, 22, 26, 14, 14, 15, 22, 21,
+    21, 24, 20, 22, 15, 17, 16, 15, 22, 24, 21, 17, 25, 16, 21, 17, 22, 16, 21, 21, 25, 21, 26, 21, 24, 20, 17,
+    14, 21, 26, 15, 23, 20, 21, 24, 15, 24, 22, 25, 15, 20, 17, 17, 22, 14, 18, 18, 18, 18, 18, 18, 18, 26, 26,
+    19, 19, 24,
+)  # fmt: skip
+COCO_STUFF_27_NAMES: tuple[str, ...] = (
+    "electronic", "appliance", "food-things", "furniture-things", "indoor", "kitchen", "accessory", "animal",
+    "outdoor", "person", "sports", "vehicle", "ceiling", "floor", "food-stuff", "furniture-stuff",
+    "rawmaterial", "textile", "wall", "window", "building", "ground", "plant", "sky", "solid", "structural",
+    "water",
+)  # fmt: skip
+
+_COCO_USED = [v for v in range(182) if v not in COCO_STUFF_UNUSED]
+COCO_STUFF_LABEL_SETS: dict[str, LabelSet] = {
+    "171": LabelSet(names=tuple(COCO_STUFF_182_NAMES[v] for v in _COCO_USED), palette=default_palette(171)),
+    "27": LabelSet(names=COCO_STUFF_27_NAMES, palette=default_palette(27)),
+}
+#: stuffthingmaps value (0..181, 255 unlabelled) -> class id, per label set.
+COCO_STUFF_LUTS: dict[str, np.ndarray] = {
+    "171": build_lut({v: k for k, v in enumerate(_COCO_USED)}),
+    "27": build_lut(dict(enumerate(COCO_STUFF_FINE_TO_COARSE))),
+}

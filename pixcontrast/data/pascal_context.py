@@ -1,0 +1,107 @@
+"""PASCAL-Context: VOC2010 images with the prepared context label maps, label sets "59" and "60"."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pixcontrast.data.files import FileSegmentationDataModule, FileSegmentationDataset
+from pixcontrast.data.io import read_id_list
+from pixcontrast.data.label_maps import PASCAL_CONTEXT_LABEL_SETS, PASCAL_CONTEXT_LUTS
+
+#: Folder (inside the VOC2010 folder) of the prepared label maps: ``<id>.png``, 0 = background, 1..59 = classes.
+LABEL_DIR = "SegmentationClassContext"
+#: Split -> VOC2010 ``ImageSets/Main`` list; there are no public test labels, so test uses val.
+SPLIT_LISTS = {"train": "train", "val": "val", "test": "val"}
+
+
+def find_voc_root(root: str | Path) -> Path | None:
+    """The VOC2010 folder (the one holding ``JPEGImages``) at or below ``root``, or ``None``."""
+    root = Path(root).expanduser()
+    for candidate in (root, root / "VOC2010", root / "VOCdevkit" / "VOC2010"):
+        if (candidate / "JPEGImages").is_dir():
+            return candidate
+    return None
+
+
+class PascalContextDataModule(FileSegmentationDataModule):
+    """PASCAL-Context on VOC2010 (4998 train / 5105 val images; test = val).
+
+    Label sets: ``"59"`` -- the 59 standard classes, background and all other categories ignored;
+    ``"60"`` -- background as class 0 and the 59 classes as 1..59. Both read the PNGs that
+    ``pixcontrast prepare pascal-context --root ROOT --annotations trainval.tar.gz`` writes to
+    ``VOC2010/SegmentationClassContext/``. Items are named by the VOC id, e.g. ``2008_000002``.
+    Val/test images keep their size (about 500 x 375, varying), hence ``eval_batch_size`` defaults to 1;
+    set ``eval_crop`` to batch them.
+
+    Args:
+        root: the VOC2010 folder, or a folder holding ``VOCdevkit/VOC2010`` or ``VOC2010``.
+        Everything else as :class:`~pixcontrast.data.cityscapes.CityscapesDataModule`; sizes are (height, width).
+    """
+
+    dataset_name = "PASCAL-Context"
+    label_sets = PASCAL_CONTEXT_LABEL_SETS
+    layout = (
+        "  [VOCdevkit/]VOC2010/JPEGImages/<id>.jpg\n"
+        "  [VOCdevkit/]VOC2010/ImageSets/Main/{train,val}.txt\n"
+        f"  [VOCdevkit/]VOC2010/{LABEL_DIR}/<id>.png   (written by the prepare command)\n"
+        "(unpack VOCtrainval_03-May-2010.tar into root)"
+    )
+    prepare_hint = (
+        "Create the label maps from the PASCAL-Context release (trainval.tar.gz) with "
+        "`pixcontrast prepare pascal-context --root {root} --annotations path/to/trainval.tar.gz`."
+    )
+
+    def __init__(
+        self,
+        root: str,
+        label_set: str = "59",
+        batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        drop_last: bool = True,
+        eval_batch_size: int | None = 1,
+        crop_size: tuple[int, int] = (480, 480),
+        scale_range: tuple[float, float] | None = (0.5, 2.0),
+        hflip: bool = True,
+        photometric: bool = False,
+        eval_resize: int | None = None,
+        eval_crop: tuple[int, int] | None = None,
+        train_transform: Callable | None = None,
+        eval_transform: Callable | None = None,
+    ) -> None:
+        super().__init__(
+            root,
+            label_set,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            drop_last=drop_last,
+            eval_batch_size=eval_batch_size,
+            crop_size=crop_size,
+            scale_range=scale_range,
+            hflip=hflip,
+            photometric=photometric,
+            eval_resize=eval_resize,
+            eval_crop=eval_crop,
+            train_transform=train_transform,
+            eval_transform=eval_transform,
+        )
+
+    def build_dataset(self, split: str) -> FileSegmentationDataset:
+        voc = find_voc_root(self.root)
+        if voc is None:
+            raise self.layout_error("root does not exist" if not self.root.is_dir() else "no JPEGImages folder found")
+        split_file = voc / "ImageSets" / "Main" / f"{SPLIT_LISTS[split]}.txt"
+        if not split_file.is_file():
+            raise self.layout_error(f"missing split list {str(split_file)!r}")
+        ids = read_id_list(split_file)
+        images = [voc / "JPEGImages" / f"{image_id}.jpg" for image_id in ids]
+        labels = [voc / LABEL_DIR / f"{image_id}.png" for image_id in ids]
+        self.check_files(images, f"{split} images")
+        self.check_files(labels, f"{split} label maps ({LABEL_DIR}/<id>.png)")
+        return FileSegmentationDataset(
+            images, labels, ids, lut=PASCAL_CONTEXT_LUTS[self.label_set], transform=self.transform_for(split)
+        )

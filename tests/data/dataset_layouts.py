@@ -1,0 +1,102 @@
+"""Writers of tiny datasets in the exact official on-disk layouts and label encodings (imported by the tests)."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy.io import savemat
+
+from pixcontrast.data.label_maps import PASCAL_CONTEXT_59_NAMES, PASCAL_CONTEXT_59_RAW_IDS
+
+HEIGHT, WIDTH = 32, 64
+
+
+def write_image(path: Path, rng: np.random.Generator, size: tuple[int, int] = (HEIGHT, WIDTH)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+def write_png_label(path: Path, label: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), label.astype(np.uint8))
+
+
+def make_cityscapes(root: Path, counts: dict[str, int] | None = None, seed: int = 0) -> Path:
+    """``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` + ``gtFine/.../*_gtFine_labelIds.png`` (ids 0..33)."""
+    rng = np.random.default_rng(seed)
+    for split, count in (counts or {"train": 3, "val": 2}).items():
+        for index in range(count):
+            city = ("aachen", "bochum")[index % 2]
+            frame = f"{city}_{index:06d}_000019"
+            write_image(root / "leftImg8bit" / split / city / f"{frame}_leftImg8bit.png", rng)
+            label = rng.integers(0, 34, (HEIGHT, WIDTH))
+            write_png_label(root / "gtFine" / split / city / f"{frame}_gtFine_labelIds.png", label)
+    return root
+
+
+def context_labels_text(shift: int = 0) -> str:
+    """A 459-line ``labels.txt``: the 59 classes at their standard ids (+ ``shift``), filler names elsewhere."""
+    names = {raw + shift: name for raw, name in zip(PASCAL_CONTEXT_59_RAW_IDS, PASCAL_CONTEXT_59_NAMES)}
+    return "".join(f"{i}: {names.get(i, f'other {i}')}\n" for i in range(1, 460))
+
+
+def make_pascal_context(root: Path, release: Path, seed: int = 0) -> tuple[Path, dict[str, np.ndarray]]:
+    """VOC2010 under ``root/VOCdevkit/VOC2010`` and the release folder ``release/{trainval/*.mat,labels.txt}``.
+
+    Returns the VOC2010 folder and the raw ``LabelMap`` of every id.
+    """
+    rng = np.random.default_rng(seed)
+    voc = root / "VOCdevkit" / "VOC2010"
+    splits = {"train": ["2008_000002", "2008_000003", "2008_000007"], "val": ["2008_000009", "2008_000016"]}
+    raw_maps = {}
+    for split, ids in splits.items():
+        (voc / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for image_id in ids:
+            write_image(voc / "JPEGImages" / f"{image_id}.jpg", rng)
+            raw = rng.integers(1, 460, (HEIGHT, WIDTH)).astype(np.uint16)
+            raw[:4] = PASCAL_CONTEXT_59_RAW_IDS[0]  # make sure a selected class is present
+            raw_maps[image_id] = raw
+            (release / "trainval").mkdir(parents=True, exist_ok=True)
+            savemat(release / "trainval" / f"{image_id}.mat", {"LabelMap": raw}, do_compression=True)
+    (release / "labels.txt").write_text(context_labels_text())
+    return voc, raw_maps
+
+
+def tar_release(release: Path, target: Path) -> Path:
+    """Pack the release folder as the official ``trainval.tar.gz`` (``trainval/<id>.mat``)."""
+    with tarfile.open(target, "w:gz") as archive:
+        archive.add(release / "trainval", arcname="trainval")
+    return target
+
+
+def make_coco_stuff(root: Path, counts: dict[str, int] | None = None, seed: int = 0) -> Path:
+    """``{train,val}2017/<id>.jpg`` + ``stuffthingmaps_trainval2017/{train,val}2017/<id>.png`` (0..181, 255)."""
+    rng = np.random.default_rng(seed)
+    for split, count in (counts or {"train": 3, "val": 2}).items():
+        for index in range(count):
+            image_id = f"{index + (1 if split == 'train' else 100):012d}"
+            write_image(root / f"{split}2017" / f"{image_id}.jpg", rng)
+            label = rng.integers(0, 182, (HEIGHT, WIDTH))
+            label[:2] = 255
+            write_png_label(root / "stuffthingmaps_trainval2017" / f"{split}2017" / f"{image_id}.png", label)
+    return root
+
+
+def make_coco_stuff_10k(root: Path, seed: int = 0) -> Path:
+    """``images/<name>.jpg``, ``annotations/<name>.mat`` (key ``S``: 0 unlabelled, 1..182), ``imageLists``."""
+    rng = np.random.default_rng(seed)
+    lists = {"train": ["COCO_train2014_000000000077", "COCO_train2014_000000000078"],
+             "test": ["COCO_train2014_000000000081"]}  # fmt: skip
+    for split, names in lists.items():
+        (root / "imageLists").mkdir(parents=True, exist_ok=True)
+        (root / "imageLists" / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+        for name in names:
+            write_image(root / "images" / f"{name}.jpg", rng)
+            (root / "annotations").mkdir(parents=True, exist_ok=True)
+            labels = rng.integers(0, 183, (HEIGHT, WIDTH)).astype(np.uint16)
+            savemat(root / "annotations" / f"{name}.mat", {"S": labels, "names": np.array(["x"], dtype=object)})
+    return root

@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from dataset_layouts import HEIGHT, WIDTH, make_cityscapes, write_image, write_png_label
+
+from pixcontrast.data.cityscapes import CityscapesDataModule
+from pixcontrast.data.prepare import prepare_cityscapes
+
+
+def _label_ids(root: Path, split: str, frame: str) -> np.ndarray:
+    city = frame.split("_")[0]
+    return cv2.imread(str(root / "gtFine" / split / city / f"{frame}_gtFine_labelIds.png"), cv2.IMREAD_UNCHANGED)
+
+
+def test_label_set_19_maps_label_ids_to_train_ids(cityscapes_root: Path) -> None:
+    datamodule = CityscapesDataModule(str(cityscapes_root), label_set="19")
+    datamodule.setup("validate")
+    sample = datamodule.val_dataset.load_sample(0)
+    ids = _label_ids(cityscapes_root, "val", sample.name)
+    assert sample.mask.dtype == np.int64 and sample.mask.shape == (HEIGHT, WIDTH)
+    expected = {7: 0, 8: 1, 11: 2, 17: 5, 23: 10, 24: 11, 26: 13, 31: 16, 33: 18, 0: 255, 6: 255, 9: 255, 29: 255}
+    for label_id, train_id in expected.items():
+        assert (sample.mask[ids == label_id] == train_id).all()
+    assert datamodule.num_classes == 19 and datamodule.class_names[0] == "road"
+    assert datamodule.palette.shape == (19, 3) and tuple(datamodule.palette[0]) == (128, 64, 128)
+
+
+def test_label_set_27_maps_ids_7_to_33(cityscapes_root: Path) -> None:
+    datamodule = CityscapesDataModule(str(cityscapes_root), label_set="27")
+    sample = datamodule.build_dataset("val").load_sample(1)
+    ids = _label_ids(cityscapes_root, "val", sample.name)
+    np.testing.assert_array_equal(sample.mask, np.where(ids >= 7, ids.astype(np.int64) - 7, 255))
+    assert datamodule.num_classes == 27 and datamodule.class_names[26] == "bicycle"
+    assert datamodule.palette.shape == (27, 3)
+
+
+def test_prepared_train_ids_are_read_and_equal(cityscapes_root: Path) -> None:
+    before = CityscapesDataModule(str(cityscapes_root)).build_dataset("train")
+    assert prepare_cityscapes(cityscapes_root, workers=1) == 5
+    after = CityscapesDataModule(str(cityscapes_root)).build_dataset("train")
+    assert all(path.endswith("_gtFine_labelTrainIds.png") for path in after.labels)
+    for index in range(len(after)):
+        np.testing.assert_array_equal(after.load_sample(index).mask, before.load_sample(index).mask)
+    # the 27-class set needs the label ids and keeps reading them
+    assert CityscapesDataModule(str(cityscapes_root), "27").build_dataset("train").labels[0].endswith("labelIds.png")
+
+
+def test_batches_follow_the_batch_format_and_val_order_is_fixed(cityscapes_root: Path) -> None:
+    datamodule = CityscapesDataModule(str(cityscapes_root), batch_size=2, crop_size=(16, 24), eval_batch_size=2)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 16, 24) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (2, 16, 24) and batch["mask"].dtype == torch.int64
+    assert len(batch["name"]) == 2
+    names = [name for batch in datamodule.val_dataloader() for name in batch["name"]]
+    assert names == ["aachen_000000_000019", "bochum_000001_000019"]
+    assert names == [name for batch in datamodule.val_dataloader() for name in batch["name"]]
+    val = next(iter(datamodule.val_dataloader()))
+    assert val["image"].shape == (2, 3, HEIGHT, WIDTH)  # full resolution by default
+
+
+def test_eval_resize_and_crop(cityscapes_root: Path) -> None:
+    datamodule = CityscapesDataModule(str(cityscapes_root), label_set="27", eval_resize=16, eval_crop=(16, 16))
+    item = datamodule.build_dataset("val")[0]
+    assert item["image"].shape == (3, 16, 16) and item["mask"].shape == (16, 16)
+
+
+def test_workers_loader(cityscapes_root: Path) -> None:
+    datamodule = CityscapesDataModule(str(cityscapes_root), batch_size=1, num_workers=2, crop_size=(8, 8))
+    datamodule.setup("fit")
+    batches = list(datamodule.train_dataloader())
+    assert len(batches) == 3 and all(b["image"].shape == (1, 3, 8, 8) for b in batches)
+
+
+def test_extra_unlabelled_train_splits(cityscapes_root: Path) -> None:
+    make_cityscapes(cityscapes_root, {"train_extra": 2}, seed=1)
+    datamodule = CityscapesDataModule(str(cityscapes_root), label_set="27", extra_train_splits=["train_extra"])
+    dataset = datamodule.build_dataset("train")
+    assert len(dataset) == 5
+    assert (dataset.load_sample(4).mask == 255).all()
+    with pytest.raises(FileNotFoundError, match="leftImg8bit/coarse"):
+        CityscapesDataModule(str(cityscapes_root), extra_train_splits=["coarse"]).build_dataset("train")
+
+
+def test_test_split_without_labels_is_unlabelled(cityscapes_root: Path) -> None:
+    make_cityscapes(cityscapes_root, {"test": 1}, seed=2)
+    labelled = CityscapesDataModule(str(cityscapes_root)).build_dataset("test")
+    assert labelled.labels[0] is not None
+    for path in (cityscapes_root / "gtFine" / "test").rglob("*.png"):
+        path.unlink()
+    for path in sorted((cityscapes_root / "gtFine" / "test").rglob("*"), reverse=True):
+        path.rmdir()
+    (cityscapes_root / "gtFine" / "test").rmdir()
+    unlabelled = CityscapesDataModule(str(cityscapes_root)).build_dataset("test")
+    assert (unlabelled.load_sample(0).mask == 255).all()
+
+
+def test_user_transform_callable(cityscapes_root: Path) -> None:
+    def half(image: np.ndarray, mask: np.ndarray) -> dict:
+        return {"image": image[::2, ::2], "mask": mask[::2, ::2]}
+
+    datamodule = CityscapesDataModule(str(cityscapes_root), train_transform=half, eval_transform=half)
+    assert datamodule.build_dataset("train")[0]["mask"].shape == (HEIGHT // 2, WIDTH // 2)
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+def test_missing_root_names_layout_and_prepare_command(tmp_path: Path) -> None:
+    datamodule = CityscapesDataModule(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError) as error:
+        datamodule.setup("fit")
+    message = str(error.value)
+    assert "root does not exist" in message and "nowhere" in message
+    assert "leftImg8bit/{train,val,test}/<city>" in message and "gtFine" in message
+    assert "pixcontrast prepare cityscapes --root" in message
+
+
+def test_mislaid_root_names_missing_folder(cityscapes_root: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"missing folder .*leftImg8bit"):
+        CityscapesDataModule(str(cityscapes_root / "leftImg8bit")).setup("fit")
+
+
+def test_missing_label_file_is_named(cityscapes_root: Path) -> None:
+    victim = cityscapes_root / "gtFine" / "val" / "bochum" / "bochum_000001_000019_gtFine_labelIds.png"
+    victim.unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 2 val label maps .* are missing, e\.g\. .*bochum_000001"):
+        CityscapesDataModule(str(cityscapes_root)).setup("validate")
+
+
+def test_corrupt_image_names_the_file(cityscapes_root: Path) -> None:
+    image = cityscapes_root / "leftImg8bit" / "val" / "aachen" / "aachen_000000_000019_leftImg8bit.png"
+    image.write_bytes(image.read_bytes()[:40])
+    dataset = CityscapesDataModule(str(cityscapes_root)).build_dataset("val")
+    with pytest.raises(RuntimeError, match=r"cannot decode image .*aachen_000000_000019_leftImg8bit\.png"):
+        dataset[0]
+
+
+def test_label_of_other_size_is_rejected(cityscapes_root: Path) -> None:
+    write_image(cityscapes_root / "leftImg8bit" / "val" / "aachen" / "aachen_000000_000019_leftImg8bit.png",
+                np.random.default_rng(0), size=(8, 8))  # fmt: skip
+    with pytest.raises(ValueError, match="must match"):
+        CityscapesDataModule(str(cityscapes_root)).build_dataset("val").load_sample(0)
+
+
+def test_label_values_outside_the_set_are_ignored(cityscapes_root: Path) -> None:
+    label = np.full((HEIGHT, WIDTH), 200, dtype=np.uint8)
+    label[0, 0] = 7
+    write_png_label(cityscapes_root / "gtFine" / "val" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png", label)
+    for label_set in ("19", "27"):
+        mask = CityscapesDataModule(str(cityscapes_root), label_set).build_dataset("val").load_sample(0).mask
+        assert mask[0, 0] == 0 and (mask.ravel()[1:] == 255).all()
+
+
+def test_empty_split_says_so(cityscapes_root: Path) -> None:
+    for image in (cityscapes_root / "leftImg8bit" / "val").rglob("*.png"):
+        image.unlink()
+    with pytest.raises(ValueError, match="'val' split is empty"):
+        CityscapesDataModule(str(cityscapes_root)).setup("validate")
+
+
+def test_unknown_label_set_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown label_set '20'.*\['19', '27'\]"):
+        CityscapesDataModule(str(tmp_path), label_set="20")
+
+
+def test_datamodule_options_parse_from_yaml(cityscapes_root: Path) -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(CityscapesDataModule, "data")
+    config = parser.parse_string(
+        f"data:\n  root: {cityscapes_root}\n  label_set: '27'\n  crop_size: [16, 24]\n  scale_range: [0.5, 1.5]\n"
+        "  eval_resize: 16\n  eval_crop: [16, 16]\n  extra_train_splits: []\n"
+    )
+    datamodule = CityscapesDataModule(**config.data.as_dict())
+    assert datamodule.label_set == "27"
+    assert datamodule.build_dataset("train")[0]["image"].shape == (3, 16, 24)
+    assert datamodule.build_dataset("val")[0]["image"].shape == (3, 16, 16)

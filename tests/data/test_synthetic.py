@@ -1,0 +1,132 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from pixcontrast.data.base import IGNORE_INDEX
+from pixcontrast.data.synthetic import (
+    SyntheticScenesDataModule,
+    SyntheticScenesDataset,
+    generate_scene,
+    scene_classes,
+)
+
+SIZE = 64
+
+
+def _dataset(num_images: int = 24, seed: int = 0, split: str = "train", **kwargs) -> SyntheticScenesDataset:
+    return SyntheticScenesDataset(num_images, split, image_size=SIZE, seed=seed, **kwargs)
+
+
+def _stack(dataset: SyntheticScenesDataset) -> tuple[np.ndarray, np.ndarray]:
+    samples = [dataset.load_sample(i) for i in range(len(dataset))]
+    return np.stack([s.image for s in samples]), np.stack([s.mask for s in samples])
+
+
+def test_same_seed_same_images_different_seed_or_split_different():
+    images, masks = _stack(_dataset(4))
+    again_images, again_masks = _stack(_dataset(4))
+    np.testing.assert_array_equal(images, again_images)
+    np.testing.assert_array_equal(masks, again_masks)
+    assert not np.array_equal(images, _stack(_dataset(4, seed=1))[0])
+    assert not np.array_equal(images, _stack(_dataset(4, split="val"))[0])
+
+
+def test_items_do_not_depend_on_call_order():
+    dataset = _dataset(6)
+    forward = [dataset.load_sample(i).image for i in range(6)]
+    backward = [dataset.load_sample(i).image for i in reversed(range(6))][::-1]
+    np.testing.assert_array_equal(np.stack(forward), np.stack(backward))
+
+
+def test_workers_give_the_same_batches():
+    dataset = _dataset(8)
+    single = list(DataLoader(dataset, batch_size=4, num_workers=0))
+    multi = list(DataLoader(dataset, batch_size=4, num_workers=2))
+    for a, b in zip(single, multi):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+        assert a["name"] == b["name"]
+
+
+def test_datamodule_batch_format_and_metadata():
+    datamodule = SyntheticScenesDataModule(
+        num_classes=5, image_size=(48, 80), num_train=4, num_val=3, num_test=2, batch_size=2
+    )
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 48, 80) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (2, 48, 80) and batch["mask"].dtype == torch.int64
+    assert len(batch["name"]) == 2 and batch["name"][0].startswith("train_")
+    assert len(datamodule.val_dataset) == 3 and datamodule.test_dataset is None
+    assert datamodule.num_classes == len(datamodule.class_names) == 5
+    assert len(set(datamodule.class_names)) == 5
+    assert datamodule.palette.shape == (5, 3) and datamodule.palette.dtype == np.uint8
+    assert len({tuple(c) for c in datamodule.palette}) == 5
+
+
+@pytest.mark.parametrize("num_classes", [2, 8, 16])
+def test_labels_in_range_ignore_fraction_sane_and_every_class_present(num_classes):
+    _, masks = _stack(_dataset(32, num_classes=num_classes))
+    labelled = masks[masks != IGNORE_INDEX]
+    assert labelled.min() >= 0 and labelled.max() < num_classes
+    assert 0.02 < (masks == IGNORE_INDEX).mean() < 0.25
+    assert set(np.unique(labelled)) == set(range(num_classes))
+
+
+def test_colour_alone_cannot_solve_it():
+    """A nearest-mean colour classifier fit on one set scores far below a usable segmenter on another."""
+    classes = scene_classes(8).num_classes
+    train_images, train_masks = _stack(_dataset(24))
+    test_images, test_masks = _stack(_dataset(24, split="val"))
+
+    def pixels(images, masks):
+        keep = masks != IGNORE_INDEX
+        return images[keep].astype(np.float64) / 255.0, masks[keep]
+
+    x, y = pixels(train_images, train_masks)
+    means = np.stack([x[y == k].mean(axis=0) for k in range(classes)])
+    # Class colour means lie close together relative to the spread within each class.
+    spread = np.mean([x[y == k].std(axis=0).mean() for k in range(classes)])
+    centre_gap = np.linalg.norm(means[:, None] - means[None], axis=-1).max()
+    assert centre_gap < 3 * spread
+    x_test, y_test = pixels(test_images, test_masks)
+    predicted = np.linalg.norm(x_test[:, None] - means[None], axis=-1).argmin(axis=1)
+    balanced_accuracy = np.mean([(predicted[y_test == k] == k).mean() for k in range(classes)])
+    assert balanced_accuracy < 0.4
+
+
+def test_generation_is_fast():
+    classes = scene_classes(8)
+    rng = np.random.default_rng(0)
+    generate_scene(rng, 128, 128, classes)
+    start = time.perf_counter()
+    for _ in range(20):
+        generate_scene(rng, 128, 128, classes)
+    assert 20 / (time.perf_counter() - start) > 15  # images per second; about 200 on an idle core
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_classes": 1}, "num_classes"),
+        ({"num_classes": 17}, "num_classes"),
+        ({"image_size": 16}, "image_size"),
+        ({"image_size": (128, 8)}, "image_size"),
+        ({"num_train": 0}, "num_train"),
+        ({"num_val": -1}, "num_val"),
+        ({"seed": -3}, "seed"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SyntheticScenesDataModule(**kwargs)
+
+
+def test_dataset_rejects_bad_split_and_index():
+    with pytest.raises(ValueError, match="split"):
+        SyntheticScenesDataset(4, split="training")
+    with pytest.raises(IndexError, match="out of range"):
+        _dataset(4).load_sample(4)
