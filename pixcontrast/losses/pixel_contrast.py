@@ -31,8 +31,11 @@ def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
     Same result as ``F.interpolate(labels[:, None].float(), size, mode="nearest")`` (the reference code): the
     top-left pixel of each ``s x s`` block for an integer stride. Returns int64.
     """
-    if tuple(labels.shape[-2:]) == tuple(size):
+    height, width = labels.shape[-2:]
+    if (height, width) == tuple(size):
         return labels.long()
+    if height % size[0] == 0 and width % size[1] == 0:  # integer stride: the same pixels, without a float copy
+        return labels[:, :: height // size[0], :: width // size[1]].long()
     with torch.autocast(device_type=labels.device.type, enabled=False):
         resized = F.interpolate(labels[:, None].float(), size=size, mode="nearest")
     return resized[:, 0].long()
@@ -176,36 +179,87 @@ def sample_anchors(
     return anchors, run_class[image, run]
 
 
+class _ContrastFunction(torch.autograd.Function):
+    """Loss of the paper from similarities, with an analytic backward (few ``N x C`` temporaries, float32).
+
+    ``contrast=None`` means the anchors contrast with themselves (symmetric: one matmul in backward).
+    """
+
+    @staticmethod
+    def forward(ctx, features, contrast, positive, negative, temperature, scale):  # noqa: D102
+        other = features if contrast is None else contrast
+        logits = (features @ other.T).mul_(1.0 / temperature)  # N x C
+        # log-sum-exp over each anchor's negatives, shifted by their max (rows without negatives: -inf)
+        shifted = torch.where(negative, logits, float("-inf"))
+        row_max = shifted.amax(dim=1, keepdim=True)
+        row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
+        exp_negative = shifted.sub_(row_max).exp_()  # exp(s_ik - max_i) on negatives, 0 elsewhere
+        sum_negative = exp_negative.sum(dim=1, keepdim=True)  # 0 or >= 1
+        log_negative = row_max + sum_negative.log()
+        # log(exp(s_ij) / (exp(s_ij) + sum_k exp(s_ik))) = logsigmoid(s_ij - log_negative_i)
+        margin = logits.sub_(log_negative)
+        log_prob = F.logsigmoid(margin).mul_(positive)
+        num_positive = positive.sum(dim=1).to(logits.dtype)
+        has_positive = num_positive > 0
+        weight = scale / num_positive.clamp(min=1) / has_positive.sum().clamp(min=1) * has_positive  # N
+        loss = -(log_prob.sum(dim=1) * weight).sum()
+        # gradient w.r.t. the similarities s (before the division by the temperature)
+        del log_prob
+        pull = margin.neg_().sigmoid_().mul_(positive)  # 1 - p_ij on positives
+        push = (weight * pull.sum(dim=1))[:, None] / sum_negative.clamp(min=1)
+        grad = exp_negative.mul_(push).sub_(pull.mul_(weight[:, None]))
+        ctx.temperature = temperature
+        ctx.symmetric = contrast is None
+        ctx.save_for_backward(features, other, grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):  # noqa: D102
+        features, other, grad = ctx.saved_tensors
+        with torch.autocast(device_type=grad.device.type, enabled=False):
+            grad = grad * (grad_output / ctx.temperature)
+            if ctx.symmetric:
+                return (grad + grad.T) @ features, None, None, None, None, None
+            grad_features = grad @ other if ctx.needs_input_grad[0] else None
+            grad_other = grad.T @ features if ctx.needs_input_grad[1] else None
+        return grad_features, grad_other, None, None, None, None
+
+
 def _contrast(
     features: Tensor,
     labels: Tensor,
-    contrast: Tensor,
-    contrast_labels: Tensor,
+    contrast: Tensor | None,
+    contrast_labels: Tensor | None,
     self_index: Tensor | None,
     temperature: float,
     base_temperature: float,
     mask: Tensor | None = None,
 ) -> Tensor:
-    """Mean over anchors with a positive of the per-anchor loss, in float32. ``features`` N x D vs ``contrast`` C x D.
+    """Mean over anchors with a positive of the per-anchor loss (float32 at least). ``features`` N x D vs C x D.
 
-    Contrast rows with a negative label are padding; ``self_index`` (N) names each anchor's own contrast row;
-    ``mask`` (N x C bool) optionally restricts each anchor's contrast rows.
+    ``contrast=None`` contrasts the anchors with each other (excluding themselves). Contrast rows with a
+    negative label are padding; ``self_index`` (N) names each anchor's own contrast row; ``mask`` (N x C bool)
+    optionally restricts each anchor's contrast rows.
     """
+    num_contrast = features.shape[0] if contrast is None else contrast.shape[0]
+    if features.shape[0] == 0 or num_contrast == 0:
+        return features.float().sum() * 0.0  # nothing to contrast: a zero that keeps the graph
     with torch.autocast(device_type=features.device.type, enabled=False):
-        logits = features.float() @ contrast.float().T / temperature
+        symmetric = contrast is None
+        if symmetric:
+            contrast_labels = labels
+            self_index = torch.arange(features.shape[0], device=features.device)
         same = labels[:, None] == contrast_labels[None, :]
-        used = (contrast_labels >= 0)[None, :] if mask is None else mask & (contrast_labels >= 0)[None, :]
-        positive = same & used
-        if self_index is not None:
-            positive = positive.scatter(1, self_index[:, None], False)
+        used = contrast_labels[None, :] >= 0
+        if mask is not None:
+            used = used & mask
+        positive = (same & used).scatter_(1, self_index[:, None], False) if self_index is not None else same & used
         negative = ~same & used
-        log_negatives = torch.logsumexp(logits.masked_fill(~negative, float("-inf")), dim=1, keepdim=True)
-        log_prob = logits - torch.logaddexp(logits, log_negatives)  # each positive: itself + all negatives
-        num_positive = positive.sum(1)
-        mean_log_prob = log_prob.masked_fill(~positive, 0.0).sum(1) / num_positive.clamp(min=1)
-        has_positive = num_positive > 0
-        per_anchor = -(temperature / base_temperature) * mean_log_prob * has_positive
-        return per_anchor.sum() / has_positive.sum().clamp(min=1)
+        dtype = torch.promote_types(features.dtype, torch.float32)  # float32, or float64 if given
+        other = None if symmetric else contrast.to(dtype)
+        return _ContrastFunction.apply(
+            features.to(dtype), other, positive, negative, temperature, temperature / base_temperature
+        )
 
 
 def supervised_contrastive_loss(
@@ -226,8 +280,9 @@ def supervised_contrastive_loss(
     the contrast set is the memory rows instead: P(i) = rows of i's class, N(i) = rows of other classes
     (the anchors do not contrast among themselves). The result is the mean of ``L_i`` over anchors with at
     least one positive; with none it is a zero still connected to the graph. Computed in float32 with a
-    log-sum-exp (also under autocast). Embeddings need not be L2-normalised, but the paper's temperatures
-    assume they are (our projection heads normalise).
+    log-sum-exp, also under autocast (float64 inputs stay float64). Embeddings need not be L2-normalised
+    (any scale is numerically safe), but the paper's temperatures assume they are (our projection heads
+    normalise).
 
     Args:
         anchors: ``A x V x D`` sampled embeddings.
@@ -253,8 +308,7 @@ def supervised_contrastive_loss(
     if memory is None:
         if memory_mask is not None:
             raise ValueError("memory_mask needs memory and memory_labels")
-        self_index = torch.arange(features.shape[0], device=features.device)
-        return _contrast(features, labels, features, labels, self_index, temperature, base_temperature)
+        return _contrast(features, labels, None, None, None, temperature, base_temperature)
     if memory.dim() != 2 or memory.shape[1] != dim:
         raise ValueError(f"memory must be M x D with D = {dim} (the anchors' dim), got {tuple(memory.shape)}")
     if memory_labels.shape != (memory.shape[0],):
@@ -293,7 +347,7 @@ def all_gather_padded(tensors: list[Tensor], fill: list[float]) -> tuple[list[Te
     return gathered, padded_size
 
 
-def _distributed() -> bool:
+def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -382,7 +436,7 @@ class PixelContrastLoss(nn.Module):
             if self.update_memory and self.training:
                 self.memory_bank.enqueue(embeddings, labels, generator)
             return loss
-        if self.gather_anchors and _distributed():
+        if self.gather_anchors and is_distributed():
             return self._global_loss(anchors, anchor_labels)
         return supervised_contrastive_loss(anchors, anchor_labels, self.temperature, self.base_temperature)
 

@@ -42,6 +42,8 @@ class SegmentationModule(L.LightningModule):
     ``forward(images)`` is the inference path: B x 3 x H x W -> logits B x K x H x W. Validation and test use
     ``eval_mode`` (``whole``, ``slide`` with ``eval_crop_size``/``eval_stride`` as (H, W), or ``multiscale``
     with ``eval_scales`` and ``eval_flip``). The optimiser is SGD with poly decay (the papers' default) or AdamW.
+    Every ``check_finite_every_n_steps`` steps (0: never) the loss terms are checked for NaN/inf, one host sync
+    per check; a bad step raises ``FloatingPointError`` naming the step and the offending terms.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class SegmentationModule(L.LightningModule):
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
         class_names: Sequence[str] | None = None,
+        check_finite_every_n_steps: int = 1,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -198,9 +201,24 @@ class SegmentationModule(L.LightningModule):
         losses["loss"] = total
         return losses
 
+    def check_finite(self, losses: dict[str, Tensor], names: Sequence[str] | None = None) -> None:
+        """Raise ``FloatingPointError`` naming the step and the terms when a loss term is NaN or inf."""
+        every = self.hparams.check_finite_every_n_steps
+        if every <= 0 or self.global_step % every:
+            return
+        finite = torch.isfinite(torch.stack([value.detach().float() for value in losses.values()]))
+        if bool(finite.all()):
+            return
+        bad = {name: value.item() for name, value in losses.items() if not torch.isfinite(value).all()}
+        raise FloatingPointError(
+            f"non-finite loss at global step {self.global_step} (images {list(names) if names is not None else 'unnamed'}): {bad}. "
+            "Lower the learning rate, check the inputs for NaN/inf, or use bf16 instead of fp16 mixed precision."
+        )
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         self.check_batch(batch, "train")
         losses = self.compute_losses(batch)
+        self.check_finite(losses, batch.get("name"))
         batch_size = batch["image"].shape[0]
         self.log_dict(
             {f"train/{name}": value.detach() for name, value in losses.items()},

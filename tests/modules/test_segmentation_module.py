@@ -136,3 +136,15 @@ def test_bad_batches_fail_with_a_clear_message(change, message):
 def test_bad_arguments_fail_early(kwargs, message):
     with pytest.raises(ValueError, match=message):
         small_module(**kwargs)
+
+
+def test_non_finite_loss_names_the_step_and_the_term():
+    module = small_module()
+    losses = {"ce": torch.tensor(1.0), "contrast": torch.tensor(float("nan")), "loss": torch.tensor(float("nan"))}
+    with pytest.raises(FloatingPointError, match=r"global step 0 \(images \['a'\]\).*'contrast': nan"):
+        module.check_finite(losses, ["a"])
+    module.check_finite({"ce": torch.tensor(1.0), "loss": torch.tensor(1.0)}, ["a"])
+
+
+def test_non_finite_check_can_be_switched_off():
+    small_module(check_finite_every_n_steps=0).check_finite({"loss": torch.tensor(float("inf"))})

@@ -1,0 +1,220 @@
+"""Per-class pixel and segment queues for the memory variant of pixel contrast (Wang et al., 2021)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pixcontrast.losses.pixel_contrast import all_gather_padded, downsample_labels, is_distributed, random_group_sort
+
+__all__ = ["PixelMemoryBank"]
+
+
+class PixelMemoryBank(nn.Module):
+    """Ring-buffer memory of pixel and segment embeddings, one pair of queues per class.
+
+    For every image and every class present in it, :meth:`enqueue` writes ``pixels_per_image`` random
+    pixels of that class (drawn among the class's own pixels; all of them if fewer) to the class's pixel
+    queue, and the L2-normalised mean embedding of the class in the image to its segment queue. Each queue
+    holds ``memory_size`` rows; its pointer advances by the number of rows written and wraps around, and
+    when a step writes more rows than fit only the newest survive. Rows are L2-normalised.
+
+    The queues, pointers and fill counts are persistent buffers: they move with ``.to()`` and are saved in
+    and restored from checkpoints (``state_dict``). Only filled rows take part in the loss.
+
+    Distributed: with ``gather_distributed=True`` (default) the new rows of all ranks are all-gathered (in
+    rank order) before enqueueing, so every rank writes the same rows and holds identical queues. This costs
+    one size exchange (a host sync) and an all-gather of ``B x num_classes x (pixels_per_image + 1) x dim``
+    floats per step. With ``False`` each rank keeps its own queues (no communication, but ranks drift apart
+    and a checkpoint only saves rank 0's).
+
+    Memory: ``2 x num_classes x memory_size x dim`` float32 (about 194 MB for 19 classes, 5000 rows, 256
+    dims), and the loss compares each anchor with all of them.
+
+    Args:
+        num_classes: number of classes (labels outside ``[0, num_classes)`` are not enqueued).
+        dim: embedding size.
+        memory_size: rows per class and queue (5000 in the paper).
+        pixels_per_image: pixel rows per class and image (10 in the paper).
+        gather_distributed: all-gather new rows across DDP ranks before enqueueing.
+        ignore_index: label of unlabelled pixels.
+        hard_mining: semi-hard mining (the paper's variant): each anchor uses, among the filled rows,
+            ``num_hard_negatives`` random rows from its ``mining_fraction`` nearest negatives and
+            ``num_hard_positives`` random rows from its ``mining_fraction`` farthest positives. Off by default
+            (every anchor uses every filled row).
+        mining_fraction: fraction of nearest negatives / farthest positives to sample from.
+        num_hard_positives: positives kept per anchor when mining.
+        num_hard_negatives: negatives kept per anchor when mining.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        memory_size: int = 5000,
+        pixels_per_image: int = 10,
+        gather_distributed: bool = True,
+        ignore_index: int = 255,
+        hard_mining: bool = False,
+        mining_fraction: float = 0.1,
+        num_hard_positives: int = 1024,
+        num_hard_negatives: int = 2048,
+    ) -> None:
+        super().__init__()
+        for name, value in [("num_classes", num_classes), ("dim", dim), ("memory_size", memory_size),
+                            ("pixels_per_image", pixels_per_image), ("num_hard_positives", num_hard_positives),
+                            ("num_hard_negatives", num_hard_negatives)]:
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not 0 < mining_fraction <= 1:
+            raise ValueError(f"mining_fraction must be in (0, 1], got {mining_fraction}")
+        self.num_classes = num_classes
+        self.dim = dim
+        self.memory_size = memory_size
+        self.pixels_per_image = pixels_per_image
+        self.gather_distributed = gather_distributed
+        self.ignore_index = ignore_index
+        self.hard_mining = hard_mining
+        self.mining_fraction = mining_fraction
+        self.num_hard_positives = num_hard_positives
+        self.num_hard_negatives = num_hard_negatives
+        # queue[k, 0] is class k's pixel queue, queue[k, 1] its segment queue.
+        self.register_buffer("queue", torch.zeros(num_classes, 2, memory_size, dim))
+        self.register_buffer("pointer", torch.zeros(num_classes, 2, dtype=torch.long))
+        self.register_buffer("filled", torch.zeros(num_classes, 2, dtype=torch.long))
+
+    @property
+    def pixel_queue(self) -> Tensor:
+        """``num_classes x memory_size x dim`` view of the pixel queues."""
+        return self.queue[:, 0]
+
+    @property
+    def segment_queue(self) -> Tensor:
+        """``num_classes x memory_size x dim`` view of the segment queues."""
+        return self.queue[:, 1]
+
+    def reset(self) -> None:
+        """Empty every queue."""
+        self.queue.zero_()
+        self.pointer.zero_()
+        self.filled.zero_()
+
+    def memory(self) -> tuple[Tensor, Tensor]:
+        """All rows and their labels: ``(M x dim, M)`` with ``M = 2 * num_classes * memory_size``.
+
+        The label of a row is its class, or -1 for a row not yet filled (ignored by the loss). No copy.
+        """
+        rows = torch.arange(self.memory_size, device=self.queue.device)
+        classes = torch.arange(self.num_classes, device=self.queue.device)[:, None, None]
+        labels = torch.where(rows < self.filled[..., None], classes, -1)
+        return self.queue.view(-1, self.dim), labels.flatten()
+
+    def contrast_set(
+        self, anchors: Tensor, anchor_labels: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Memory rows, their labels and (with hard mining) the ``N x M`` mask of rows each anchor uses.
+
+        Args:
+            anchors: ``N x dim`` anchor embeddings (only used for mining; not differentiated).
+            anchor_labels: ``N`` class ids.
+            generator: optional ``torch.Generator`` on the queue's device (mining only).
+        """
+        memory, labels = self.memory()
+        if not self.hard_mining:
+            return memory, labels, None
+        with torch.no_grad(), torch.autocast(device_type=memory.device.type, enabled=False):
+            similarity = anchors.detach().float() @ memory.T
+            same = anchor_labels[:, None] == labels[None, :]
+            used = (labels >= 0)[None, :]
+            negatives = self._semi_hard(similarity, ~same & used, self.num_hard_negatives, generator)
+            positives = self._semi_hard(-similarity, same & used, self.num_hard_positives, generator)
+        return memory, labels, negatives | positives
+
+    def _semi_hard(self, score: Tensor, candidate: Tensor, count: int, generator: torch.Generator | None) -> Tensor:
+        """Per row, ``count`` random entries among the top ``mining_fraction`` scores of the candidates."""
+        top_k = torch.ceil(self.mining_fraction * candidate.sum(1)).long()
+        ordered = score.masked_fill(~candidate, float("-inf")).sort(dim=1, descending=True).values
+        threshold = ordered.gather(1, (top_k - 1).clamp(min=0)[:, None])
+        top = candidate & (score >= threshold)
+        keys = torch.rand(score.shape, generator=generator, device=score.device).masked_fill(~top, 2.0)
+        picked = keys.topk(min(count, score.shape[1]), dim=1, largest=False).indices
+        return torch.zeros_like(top).scatter_(1, picked, True) & top
+
+    @torch.no_grad()
+    def enqueue(self, embeddings: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:
+        """Write a batch into the queues (detached; all-gathered first under DDP if ``gather_distributed``).
+
+        Args:
+            embeddings: ``B x dim x h x w`` pixel embeddings.
+            labels: ``B x H x W`` (or ``B x h x w``) ground truth, nearest-downsampled to ``h x w``.
+            generator: optional ``torch.Generator`` on the embeddings' device for the pixel picks.
+        """
+        if embeddings.dim() != 4 or embeddings.shape[1] != self.dim:
+            raise ValueError(f"embeddings must be B x {self.dim} x h x w, got shape {tuple(embeddings.shape)}")
+        if labels.dim() != 3 or labels.shape[0] != embeddings.shape[0]:
+            raise ValueError(f"labels must be B x H x W with B = {embeddings.shape[0]}, got {tuple(labels.shape)}")
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            rows = self._new_rows(embeddings.detach().to(self.queue.dtype), labels, generator)
+            pixels, pixel_valid, segments, segment_valid = rows
+            if self.gather_distributed and is_distributed():
+                (pixels, pixel_valid, segments, segment_valid), _ = all_gather_padded(
+                    [pixels, pixel_valid, segments, segment_valid], [0.0, 0, 0.0, 0]
+                )
+            k = self.num_classes  # rows per class in (rank, image, pick) order
+            pixels, pixel_valid = pixels.transpose(0, 1).reshape(k, -1, self.dim), pixel_valid.transpose(0, 1)
+            self._write(0, pixels, pixel_valid.reshape(k, -1))
+            self._write(1, segments.transpose(0, 1), segment_valid.transpose(0, 1))
+
+    def _new_rows(
+        self, embeddings: Tensor, labels: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Candidate rows of a batch: pixels ``B x K x n x D`` (+ valid mask), segments ``B x K x D`` (+ mask)."""
+        batch, dim, height, width = embeddings.shape
+        k, n = self.num_classes, self.pixels_per_image
+        flat = embeddings.flatten(2)  # B x D x P
+        lab = downsample_labels(labels, (height, width)).flatten(1)
+        valid = (lab != self.ignore_index) & (lab >= 0) & (lab < k)
+        codes = torch.where(valid, lab, k)
+        sorted_codes, order = random_group_sort(codes, generator)
+        classes = torch.arange(k, device=lab.device).expand(batch, k).contiguous()
+        start = torch.searchsorted(sorted_codes, classes)
+        count = torch.searchsorted(sorted_codes, classes, right=True) - start  # B x K pixels per class
+        slot = torch.arange(n, device=lab.device)
+        position = (start[..., None] + slot).clamp(max=max(lab.shape[1] - 1, 0)).flatten(1)
+        pixel = order.gather(1, position).view(batch, k, n)
+        image = torch.arange(batch, device=lab.device)[:, None, None]
+        pixels = F.normalize(flat[image, :, pixel], dim=-1)  # B x K x n x D
+        one_hot = F.one_hot(codes, k + 1)[..., :k].to(flat.dtype)  # B x P x K
+        segments = F.normalize(torch.bmm(flat, one_hot).transpose(1, 2), dim=-1)  # B x K x D
+        return pixels, slot < count[..., None], segments, count > 0
+
+    def _write(self, which: int, rows: Tensor, valid: Tensor) -> None:
+        """Ring-write the valid rows of ``rows`` (``K x R x D``, in order) into queue ``which`` of each class.
+
+        Fixed shapes, no host sync: per class the newest ``min(n, memory_size)`` valid rows go to the slots
+        after the pointer; the other written slots keep their value (all target slots are distinct).
+        """
+        size = self.memory_size
+        if rows.shape[1] == 0:
+            return
+        queue = self.queue[:, which]  # K x S x D view
+        pointer, filled = self.pointer[:, which], self.filled[:, which]
+        written = valid.long().sum(1)  # K
+        kept = written.clamp(max=size)
+        step = torch.arange(min(rows.shape[1], size), device=rows.device)
+        rank = (written - kept)[:, None] + step  # rank among the class's valid rows, K x T
+        ok = step < kept[:, None]
+        slot = ((pointer[:, None] + rank) % size)[..., None].expand(-1, -1, self.dim)
+        source = torch.searchsorted(valid.long().cumsum(1), rank + 1).clamp(max=rows.shape[1] - 1)
+        new = rows.gather(1, source[..., None].expand(-1, -1, self.dim))
+        queue.scatter_(1, slot, torch.where(ok[..., None], new.to(queue.dtype), queue.gather(1, slot)))
+        pointer.copy_((pointer + written) % size)
+        filled.copy_((filled + written).clamp(max=size))
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, dim={self.dim}, memory_size={self.memory_size}, "
+            f"pixels_per_image={self.pixels_per_image}, gather_distributed={self.gather_distributed}, "
+            f"hard_mining={self.hard_mining}"
+        )

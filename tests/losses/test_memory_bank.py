@@ -1,0 +1,242 @@
+"""PixelMemoryBank: ring writes, sampling from the class's pixels, persistence, loss use, DDP gathering."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from pixcontrast.losses import PixelContrastLoss, PixelMemoryBank, sample_anchors, supervised_contrastive_loss
+
+IGNORE = 255
+
+
+def region_batch(b, classes, h=4, w=6, dim=3, seed=0):
+    """Labels with random classes; every pixel of (image, class) shares one embedding e[b, c]."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes + 1, (b, h, w), generator=g)
+    labels[labels == classes] = IGNORE
+    codes = F.normalize(torch.randn(b, classes, dim, generator=g, dtype=torch.float64), dim=-1)
+    emb = codes[torch.arange(b)[:, None, None], labels.clamp(max=classes - 1)].permute(0, 3, 1, 2)
+    return emb.contiguous(), labels, codes
+
+
+def ring_model(batches, classes, size, per_image):
+    """Python model of the queues: lists of rows per class, newest last, truncated to ``size``."""
+    pixel = [[] for _ in range(classes)]
+    segment = [[] for _ in range(classes)]
+    for labels, codes in batches:
+        for b in range(labels.shape[0]):
+            for c in range(classes):
+                n = int((labels[b] == c).sum())
+                if n:
+                    pixel[c] += [codes[b, c]] * min(n, per_image)
+                    segment[c] += [codes[b, c]]
+    return pixel, segment
+
+
+def expected_queue(rows, size, dim):
+    queue = torch.zeros(size, dim, dtype=torch.float64)
+    for i, row in enumerate(rows):  # writes in order, pointer wraps
+        queue[i % size] = row
+    return queue
+
+
+@pytest.mark.parametrize("size,per_image,steps", [(5, 2, 4), (3, 10, 2), (50, 3, 3)])
+def test_ring_writes_and_wrap_around(size, per_image, steps):
+    classes, dim = 4, 3
+    bank = PixelMemoryBank(classes, dim, memory_size=size, pixels_per_image=per_image).double()
+    batches = []
+    for step in range(steps):
+        emb, labels, codes = region_batch(3, classes, dim=dim, seed=step)
+        bank.enqueue(emb, labels, torch.Generator().manual_seed(step))
+        batches.append((labels, codes))
+    pixel, segment = ring_model(batches, classes, size, per_image)
+    for c in range(classes):
+        for which, rows in [(0, pixel[c]), (1, segment[c])]:
+            assert bank.pointer[c, which] == len(rows) % size
+            assert bank.filled[c, which] == min(len(rows), size)
+            assert torch.allclose(bank.queue[c, which], expected_queue(rows, size, dim), rtol=0, atol=1e-12)
+
+
+def test_pixels_come_from_their_class_without_duplicates():
+    classes, dim, h, w = 3, 2, 6, 6
+    labels = torch.randint(0, classes, (2, h, w), generator=torch.Generator().manual_seed(0))
+    labels[0, 0] = IGNORE
+    # embedding = (pixel id, 1) normalised: each pixel identifiable
+    ids = torch.arange(2 * h * w, dtype=torch.float64).view(2, 1, h, w)
+    emb = torch.cat([ids, torch.ones_like(ids)], 1)
+    bank = PixelMemoryBank(classes, dim, memory_size=100, pixels_per_image=4).double()
+    bank.enqueue(emb, labels, torch.Generator().manual_seed(1))
+    flat = labels.flatten()
+    for c in range(classes):
+        rows = bank.pixel_queue[c, : bank.filled[c, 0]]
+        picked = torch.round(rows[:, 0] / rows[:, 1]).long()
+        expected = sum(min(int((labels[b] == c).sum()), 4) for b in range(2))
+        assert len(set(picked.tolist())) == len(picked) == expected
+        assert (flat[picked] == c).all()
+        first = (torch.arange(2 * h * w) < h * w) & (flat == c)
+        mean = F.normalize(emb[0].flatten(1)[:, first[: h * w]].mean(1), dim=0)
+        assert torch.allclose(bank.segment_queue[c, 0], mean)
+
+
+def test_filled_rows_only_and_class_zero():
+    bank = PixelMemoryBank(3, 2, memory_size=4, pixels_per_image=1)
+    emb = F.normalize(torch.randn(1, 2, 2, 2), dim=1)
+    labels = torch.tensor([[[0, 0], [IGNORE, IGNORE]]])
+    bank.enqueue(emb, labels)
+    memory, memory_labels = bank.memory()
+    assert memory.shape == (24, 2)
+    assert memory_labels.tolist().count(0) == 2 and (memory_labels >= 0).sum() == 2  # class 0 kept
+
+
+def test_state_dict_round_trip(tmp_path):
+    emb, labels, _ = region_batch(2, 4)
+    bank = PixelMemoryBank(4, 3, memory_size=7, pixels_per_image=2)
+    bank.enqueue(emb.float(), labels)
+    assert set(bank.state_dict()) == {"queue", "pointer", "filled"}
+    torch.save(bank.state_dict(), tmp_path / "bank.pt")
+    restored = PixelMemoryBank(4, 3, memory_size=7, pixels_per_image=2)
+    restored.load_state_dict(torch.load(tmp_path / "bank.pt"))
+    for name, value in bank.state_dict().items():
+        assert torch.equal(restored.state_dict()[name], value)
+
+
+def test_loss_with_bank_uses_memory_then_enqueues():
+    emb, labels, _ = region_batch(2, 3, h=12, w=12, dim=4)
+    emb = emb + 0.1 * torch.randn(emb.shape, generator=torch.Generator().manual_seed(0), dtype=emb.dtype)
+    bank = PixelMemoryBank(3, 4, memory_size=20, pixels_per_image=3).double()
+    bank.enqueue(emb, labels)
+    before = {k: v.clone() for k, v in bank.state_dict().items()}
+    criterion = PixelContrastLoss(temperature=0.07, max_views=1, memory_bank=bank)
+    pred = labels.clamp(max=2)
+    loss = criterion(emb, labels, pred, generator=torch.Generator().manual_seed(5))
+    anchors, anchor_labels = sample_anchors(emb, labels, pred, 1024, 1, IGNORE, torch.Generator().manual_seed(5))
+    memory = before["queue"].view(-1, 4)
+    rows = torch.arange(20)
+    memory_labels = torch.where(rows < before["filled"][..., None], torch.arange(3)[:, None, None], -1).flatten()
+    expected = supervised_contrastive_loss(anchors, anchor_labels, 0.07, 0.07, memory, memory_labels)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-9)
+    assert (bank.filled > before["filled"]).any()  # enqueued after the loss
+    criterion.eval()
+    snapshot = bank.filled.clone()
+    criterion(emb, labels, pred)
+    assert torch.equal(bank.filled, snapshot)  # no enqueue in eval mode
+    manual = PixelContrastLoss(max_views=1, memory_bank=bank, update_memory=False)
+    manual(emb, labels, pred)
+    assert torch.equal(bank.filled, snapshot)
+
+
+def test_more_anchors_than_rows_and_empty_bank():
+    bank = PixelMemoryBank(2, 4, memory_size=2, pixels_per_image=1)
+    anchors = F.normalize(torch.randn(10, 5, 4), dim=-1).requires_grad_()
+    labels = torch.arange(10) % 2
+    memory, memory_labels = bank.memory()
+    empty = supervised_contrastive_loss(anchors, labels, 0.1, 0.07, memory, memory_labels)
+    assert empty.item() == 0.0 and empty.requires_grad
+    bank.enqueue(F.normalize(torch.randn(1, 4, 2, 2), dim=1), torch.tensor([[[0, 1], [1, 0]]]))
+    loss = supervised_contrastive_loss(anchors, labels, 0.1, 0.07, *bank.memory())
+    assert torch.isfinite(loss) and loss > 0
+
+
+def test_semi_hard_mining_mask():
+    bank = PixelMemoryBank(3, 4, memory_size=50, pixels_per_image=20, hard_mining=True,
+                           mining_fraction=0.2, num_hard_positives=3, num_hard_negatives=5)
+    g = torch.Generator().manual_seed(0)
+    bank.enqueue(F.normalize(torch.randn(4, 4, 8, 8, generator=g), dim=1), torch.randint(0, 3, (4, 8, 8), generator=g))
+    anchors = F.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    anchor_labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    memory, memory_labels, mask = bank.contrast_set(anchors, anchor_labels, g)
+    similarity = anchors @ memory.T
+    for i in range(6):
+        negative = (memory_labels >= 0) & (memory_labels != anchor_labels[i])
+        positive = memory_labels == anchor_labels[i]
+        top_negative = similarity[i][negative].sort(descending=True).values[: int(0.2 * negative.sum() + 0.999)]
+        assert (mask[i] & negative).sum() == 5 and (similarity[i][mask[i] & negative] >= top_negative[-1]).all()
+        far_positive = similarity[i][positive].sort().values[: int(0.2 * positive.sum() + 0.999)]
+        assert (mask[i] & positive).sum() == 3 and (similarity[i][mask[i] & positive] <= far_positive[-1]).all()
+    loss = PixelContrastLoss(max_views=1, memory_bank=bank)(
+        F.normalize(torch.randn(2, 4, 8, 8, generator=g), dim=1), torch.randint(0, 3, (2, 8, 8), generator=g),
+        torch.randint(0, 3, (2, 8, 8), generator=g),
+    )
+    assert torch.isfinite(loss)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="memory_size"):
+        PixelMemoryBank(3, 4, memory_size=0)
+    with pytest.raises(ValueError, match="mining_fraction"):
+        PixelMemoryBank(3, 4, mining_fraction=0)
+    bank = PixelMemoryBank(3, 4)
+    with pytest.raises(ValueError, match="B x 4 x h x w"):
+        bank.enqueue(torch.zeros(1, 5, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="labels must be"):
+        bank.enqueue(torch.zeros(1, 4, 2, 2), torch.zeros(2, 2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="gather_anchors"):
+        PixelContrastLoss(memory_bank=bank, gather_anchors=True)
+
+
+def _ddp_worker(rank, world, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    emb, labels, _ = region_batch(2 + rank, 3, seed=10 + rank)  # different batch sizes per rank
+    bank = PixelMemoryBank(3, 3, memory_size=6, pixels_per_image=2).double()
+    bank.enqueue(emb, labels, torch.Generator().manual_seed(rank))
+    bank.enqueue(emb, labels, torch.Generator().manual_seed(rank))
+    # cross-image contrast over the global batch
+    g = torch.Generator().manual_seed(20 + rank)
+    feats = F.normalize(torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64), dim=1).requires_grad_()
+    lab = torch.randint(0, 3, (2, 6, 6), generator=g)
+    pred = torch.randint(0, 3, (2, 6, 6), generator=g)
+    criterion = PixelContrastLoss(max_samples=24, max_views=4, gather_anchors=True)
+    loss = criterion(feats, lab, pred, torch.Generator().manual_seed(rank))
+    loss.backward()
+    result = {"state": bank.state_dict(), "loss": loss.detach(), "grad": feats.grad}
+    torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_ddp_gather_two_processes(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    for name in ["queue", "pointer", "filled"]:
+        assert torch.equal(results[0]["state"][name], results[1]["state"][name])
+    # same as one process enqueueing both ranks' images (rank order) twice
+    single = PixelMemoryBank(3, 3, memory_size=6, pixels_per_image=2).double()
+    both = [region_batch(2 + r, 3, seed=10 + r) for r in range(2)]
+    emb = torch.cat([b[0] for b in both])
+    labels = torch.cat([b[1] for b in both])
+    single.enqueue(emb, labels)
+    single.enqueue(emb, labels)
+    assert torch.allclose(single.queue, results[0]["state"]["queue"])
+    assert torch.equal(single.pointer, results[0]["state"]["pointer"])
+    # gathered anchors: each rank's loss contrasts its anchors with both ranks' anchors
+    sampled = []
+    for r in range(2):
+        g = torch.Generator().manual_seed(20 + r)
+        feats = F.normalize(torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64), dim=1)
+        lab = torch.randint(0, 3, (2, 6, 6), generator=g)
+        pred = torch.randint(0, 3, (2, 6, 6), generator=g)
+        sampled.append(sample_anchors(feats, lab, pred, 24, 4, IGNORE, torch.Generator().manual_seed(r)))
+    for r in range(2):
+        anchors, labels = sampled[r]
+        other, other_labels = sampled[1 - r]
+        memory = torch.cat([anchors.reshape(-1, 3), other.reshape(-1, 3)])
+        memory_labels = torch.cat(
+            [labels.repeat_interleave(anchors.shape[1]), other_labels.repeat_interleave(other.shape[1])]
+        )
+        z = anchors.reshape(-1, 3)
+        c = labels.repeat_interleave(anchors.shape[1])
+        terms = []
+        for i in range(len(z)):
+            s = memory @ z[i] / 0.1
+            positive = memory_labels == c[i]
+            positive[i] = False
+            negative = memory_labels != c[i]
+            if positive.any():
+                sp = s[positive]
+                terms.append(-(0.1 / 0.07) * (sp - torch.log(torch.exp(sp) + torch.exp(s[negative]).sum())).mean())
+        assert results[r]["loss"].item() == pytest.approx(torch.stack(terms).mean().item(), abs=1e-9)
+        assert results[r]["grad"].abs().sum() > 0
