@@ -1,0 +1,119 @@
+"""Training-step cost of pixel contrast: ContrastiveSegmenter (plain and memory) vs the same model with CE only.
+
+One step = forward + backward + SGD step, timed on the same batch, variants interleaved, median of --repeats.
+CPU (default): HRNet-W18-small and DeepLabV3-ResNet18 at 512 x 512, batch 2. With CUDA: HRNet-W48 at
+1024 x 512, batch 8, bf16 autocast. Prints one JSON line.
+
+    python benchmarks/bench_train_step.py [--repeats 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from pixcontrast.modules import ContrastiveSegmenter, SegmentationModule
+
+NUM_CLASSES = 19
+
+
+def build_variants(encoder: str, head: str, device: torch.device) -> dict[str, SegmentationModule]:
+    """CE-only module and the two contrastive modules with identical segmenter weights."""
+    common = dict(num_classes=NUM_CLASSES, encoder=encoder, head=head, head_channels=256, aux_head=head == "aspp")
+    torch.manual_seed(0)
+    variants = {
+        "ce_only": SegmentationModule(**common),
+        "contrast": ContrastiveSegmenter(**common, warmup_steps=0),
+        "contrast_memory": ContrastiveSegmenter(
+            **common, warmup_steps=0, max_views=1, temperature=0.07, loss_weight=1.0, memory_size=5000
+        ),
+    }
+    reference = variants["ce_only"].model.state_dict()
+    for module in variants.values():
+        module.model.load_state_dict(reference, strict=False)
+        module.to(device).train()
+    return variants
+
+
+def make_batch(batch_size: int, height: int, width: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch of images with blocky 19-class label maps and 5% ignore pixels."""
+    generator = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, NUM_CLASSES, (batch_size, height // 32, width // 32), generator=generator)
+    masks = blocks.repeat_interleave(32, 1).repeat_interleave(32, 2)
+    masks[torch.rand(masks.shape, generator=generator) < 0.05] = 255
+    images = torch.randn(batch_size, 3, height, width, generator=generator)
+    return {"image": images.to(device), "mask": masks.to(device)}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(module: SegmentationModule, optimizer: torch.optim.Optimizer, batch: dict, autocast) -> float:
+    device = batch["image"].device
+    synchronize(device)
+    start = time.perf_counter()
+    with autocast():
+        loss = module.compute_losses(batch)["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def bench_model(name: str, encoder: str, head: str, shape: tuple[int, int, int], repeats: int, device, autocast) -> dict:
+    variants = build_variants(encoder, head, device)
+    optimizers = {key: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for key, m in variants.items()}
+    batch = make_batch(*shape, device)
+    times: dict[str, list[float]] = {key: [] for key in variants}
+    for key, module in variants.items():  # warm-up (also fills the memory bank once)
+        time_step(module, optimizers[key], batch, autocast)
+    for _ in range(repeats):
+        for key, module in variants.items():
+            times[key].append(time_step(module, optimizers[key], batch, autocast))
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    print(f"{name}: " + ", ".join(f"{k} {v:.3f}s" for k, v in medians.items()), file=sys.stderr)
+    return {
+        "model": name,
+        "batch": list(shape),
+        "step_s": {key: round(value, 4) for key, value in medians.items()},
+        "contrast_overhead": round(medians["contrast"] / medians["ce_only"] - 1, 4),
+        "memory_overhead": round(medians["contrast_memory"] / medians["ce_only"] - 1, 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="256 x 256 inputs, 2 repeats (smoke run)")
+    args = parser.parse_args()
+    repeats = 2 if args.quick else args.repeats
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        runs = [("hrnet_w48", "hrnet_w48", "fcn", (8, 512, 1024))]
+
+        def autocast():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+    else:
+        device = torch.device("cpu")
+        side = 256 if args.quick else 512
+        runs = [
+            ("hrnet_w18_small", "hrnet_w18_small", "fcn", (2, side, side)),
+            ("deeplabv3_resnet18", "resnet18", "aspp", (2, side, side)),
+        ]
+        autocast = contextlib.nullcontext
+    results = [bench_model(*run, repeats=repeats, device=device, autocast=autocast) for run in runs]
+    print(json.dumps({"benchmark": "train_step", "device": str(device), "threads": torch.get_num_threads(),
+                      "repeats": repeats, "results": results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Write predicted label maps (and colour overlays) to disk during ``trainer.predict``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from pixcontrast.data.base import default_palette, denormalize_image
+
+
+class SegmentationPredictionWriter(BasePredictionWriter):
+    """Save each predict batch as ``<output_dir>/labels/<name>.png`` and ``<output_dir>/overlays/<name>.png``.
+
+    The module's ``predict_step`` returns a dict with ``label_map`` (B x H x W int64 class ids), ``name``
+    (list of B file stems) and optionally ``image`` (B x 3 x H x W, ImageNet-normalised). Label PNGs hold the
+    class ids (uint8, or uint16 for more than 255 classes). Overlays blend the image with the class colours
+    (``alpha`` = weight of the colours), or show the colours alone when no image is given. Colours come from
+    ``trainer.datamodule.palette`` (K x 3 uint8) and fall back to a deterministic generated palette.
+
+    Args:
+        output_dir: folder to write into (created).
+        write_overlay: also write the colour overlays.
+        alpha: colour weight in the overlay, in [0, 1].
+    """
+
+    def __init__(self, output_dir: str | Path, write_overlay: bool = True, alpha: float = 0.5) -> None:
+        super().__init__(write_interval="batch")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.output_dir = Path(output_dir)
+        self.write_overlay = write_overlay
+        self.alpha = alpha
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not isinstance(prediction, Mapping) or "label_map" not in prediction:
+            raise ValueError(
+                "SegmentationPredictionWriter needs predict_step to return a dict with 'label_map' (B x H x W), "
+                f"'name' and optionally 'image'; got {type(prediction).__name__}"
+            )
+        labels = prediction["label_map"].detach().to("cpu", torch.int64).numpy()
+        names = prediction.get("name") or [
+            f"rank{trainer.global_rank}_batch{batch_idx}_{i}" for i in range(len(labels))
+        ]
+        if len(names) != len(labels):
+            raise ValueError(f"predict_step returned {len(names)} names for {len(labels)} label maps")
+        num_classes = _num_classes(trainer, pl_module)
+        count = num_classes if num_classes is not None else int(labels.max(initial=0)) + 1
+        self._write(self.output_dir / "labels", names, labels.astype(np.uint16 if count > 255 else np.uint8))
+        if self.write_overlay:
+            image = prediction.get("image")
+            overlays = self.overlay(labels, _palette(trainer, labels, count), image)
+            self._write(self.output_dir / "overlays", names, overlays)
+
+    def overlay(self, labels: np.ndarray, palette: np.ndarray, image: torch.Tensor | None = None) -> np.ndarray:
+        """Colour ``labels`` B x H x W with ``palette`` (K x 3 uint8), blend onto ``image`` -> B x H x W x 3 uint8."""
+        colours = palette[labels].astype(np.float32)
+        if image is None:
+            return colours.astype(np.uint8)
+        pixels = denormalize_image(image.detach()).permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+        if pixels.shape[:3] != labels.shape:
+            raise ValueError(f"images {pixels.shape[:3]} and label maps {labels.shape} differ in size")
+        return np.rint((1.0 - self.alpha) * pixels + self.alpha * colours).astype(np.uint8)
+
+    @staticmethod
+    def _write(folder: Path, names: Sequence[str], arrays: np.ndarray) -> None:
+        from PIL import Image
+
+        for name, array in zip(names, arrays):
+            path = folder / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(path)
+
+
+def _num_classes(trainer: L.Trainer, pl_module: L.LightningModule) -> int | None:
+    """Classes of the datamodule's palette, else the module's ``num_classes`` hyperparameter, else None."""
+    palette = getattr(trainer.datamodule, "palette", None)
+    if palette is not None:
+        return len(palette)
+    hparams = getattr(pl_module, "hparams", {})
+    return int(hparams["num_classes"]) if "num_classes" in hparams else None
+
+
+def _palette(trainer: L.Trainer, labels: np.ndarray, count: int) -> np.ndarray:
+    """The datamodule's palette, extended with generated colours to cover every label id present."""
+    needed = max(count, int(labels.max(initial=0)) + 1)
+    given = getattr(trainer.datamodule, "palette", None)
+    generated = default_palette(needed)
+    if given is None:
+        return generated
+    given = np.asarray(given, dtype=np.uint8).reshape(-1, 3)
+    return np.concatenate([given, generated[len(given) :]]) if len(given) < needed else given

@@ -1,0 +1,20 @@
+"""LightningDataModules and datasets: synthetic scenes, Cityscapes, PASCAL-Context, COCO-Stuff, PiCIE views."""
+
+from pixcontrast.data.base import RawSample, SegmentationDataModule, SegmentationDataset
+from pixcontrast.data.cityscapes import CityscapesDataModule
+from pixcontrast.data.coco_stuff import COCOStuffDataModule
+from pixcontrast.data.pascal_context import PascalContextDataModule
+from pixcontrast.data.picie_views import PiCIEDataModule
+from pixcontrast.data.synthetic import SyntheticScenesDataModule, SyntheticScenesDataset
+
+__all__ = [
+    "RawSample",
+    "SegmentationDataset",
+    "SegmentationDataModule",
+    "SyntheticScenesDataset",
+    "SyntheticScenesDataModule",
+    "CityscapesDataModule",
+    "PascalContextDataModule",
+    "COCOStuffDataModule",
+    "PiCIEDataModule",
+]

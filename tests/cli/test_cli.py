@@ -1,0 +1,55 @@
+"""The pixcontrast command: help, config errors, overrides, python -m."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pixcontrast.cli import main
+
+CONFIGS = Path(__file__).parents[2] / "examples" / "configs"
+
+
+def test_help_lists_modules_datamodules_and_extra_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("ContrastiveSegmenter", "PiCIE", "SegmentationModule", "SyntheticScenesDataModule",
+                 "CityscapesDataModule", "pixcontrast prepare", "pixcontrast export"):
+        assert name in text
+
+
+def test_print_config_applies_dotted_overrides(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "synthetic_contrast.yaml"), "--trainer.max_epochs=2",
+              "--model.init_args.lr=0.5", "--print_config"])
+    text = capsys.readouterr().out
+    assert "max_epochs: 2" in text and "lr: 0.5" in text and "pixcontrast.modules.ContrastiveSegmenter" in text
+
+
+def test_unknown_class_path_fails_with_lightning_cli_message(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "synthetic_baseline.yaml"),
+              "--model=pixcontrast.modules.NoSuchModule"])
+    assert exit_info.value.code != 0
+    assert "NoSuchModule" in capsys.readouterr().err
+
+
+def test_misspelled_key_fails_with_lightning_cli_message(tmp_path, capsys):
+    config = (CONFIGS / "synthetic_baseline.yaml").read_text().replace("head_channels:", "head_chanels:")
+    path = tmp_path / "bad.yaml"
+    path.write_text(config)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(path)])
+    assert exit_info.value.code != 0
+    assert "head_chanels" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_same_command():
+    result = subprocess.run([sys.executable, "-m", "pixcontrast", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert "ContrastiveSegmenter" in result.stdout
