@@ -210,19 +210,33 @@ class _ContrastFunction(torch.autograd.Function):
         grad = exp_negative.mul_(push).sub_(pull.mul_(weight[:, None]))
         ctx.temperature = temperature
         ctx.symmetric = contrast is None
-        ctx.save_for_backward(features, other, grad)
+        if ctx.symmetric:
+            ctx.save_for_backward(features, grad)
+        else:
+            # The contrast rows may be a live memory queue that is overwritten in place before backward runs,
+            # so keep the (small) products instead of the rows themselves.
+            grad_features = grad @ other if ctx.needs_input_grad[0] else None
+            grad_other = grad.T @ features if ctx.needs_input_grad[1] else None
+            ctx.save_for_backward(grad_features, grad_other)
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):  # noqa: D102
-        features, other, grad = ctx.saved_tensors
-        with torch.autocast(device_type=grad.device.type, enabled=False):
-            grad = grad * (grad_output / ctx.temperature)
-            if ctx.symmetric:
+        factor = grad_output / ctx.temperature
+        if ctx.symmetric:
+            features, grad = ctx.saved_tensors
+            with torch.autocast(device_type=grad.device.type, enabled=False):
+                grad = grad * factor
                 return (grad + grad.T) @ features, None, None, None, None, None
-            grad_features = grad @ other if ctx.needs_input_grad[0] else None
-            grad_other = grad.T @ features if ctx.needs_input_grad[1] else None
-        return grad_features, grad_other, None, None, None, None
+        grad_features, grad_other = ctx.saved_tensors
+        return (
+            None if grad_features is None else grad_features * factor,
+            None if grad_other is None else grad_other * factor,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _contrast(

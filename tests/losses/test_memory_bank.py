@@ -240,3 +240,24 @@ def test_ddp_gather_two_processes(tmp_path):
                 terms.append(-(0.1 / 0.07) * (sp - torch.log(torch.exp(sp) + torch.exp(s[negative]).sum())).mean())
         assert results[r]["loss"].item() == pytest.approx(torch.stack(terms).mean().item(), abs=1e-9)
         assert results[r]["grad"].abs().sum() > 0
+
+
+def test_backward_after_the_bank_was_updated_in_place():
+    """The loss enqueues after computing its value; backward must not depend on the overwritten rows."""
+    torch.manual_seed(0)
+    bank = PixelMemoryBank(3, 8, memory_size=4, pixels_per_image=2)
+    loss_fn = PixelContrastLoss(max_views=1, memory_bank=bank)
+    labels = torch.arange(3).repeat_interleave(2)[None, None].expand(2, 6, 6).contiguous()
+    for _ in range(3):
+        loss_fn(torch.nn.functional.normalize(torch.randn(2, 8, 6, 6), dim=1), labels, labels)
+    embeddings = torch.nn.functional.normalize(torch.randn(2, 8, 6, 6), dim=1).requires_grad_()
+    memory, memory_labels = (t.clone() for t in bank.memory())
+    generator_state = torch.Generator().manual_seed(1)
+    loss = loss_fn(embeddings, labels, labels, generator=generator_state)
+    loss.backward()
+    anchors, anchor_labels = sample_anchors(embeddings, labels, labels, 1024, 1, 255, torch.Generator().manual_seed(1))
+    expected = torch.autograd.grad(
+        supervised_contrastive_loss(anchors, anchor_labels, 0.1, 0.07, memory=memory, memory_labels=memory_labels),
+        embeddings,
+    )[0]
+    torch.testing.assert_close(embeddings.grad, expected)

@@ -46,7 +46,8 @@ def test_contrast_gradients_reach_the_projection_head():
 def test_memory_variant_fills_the_bank_and_keeps_it_in_the_state_dict():
     module = contrastive(memory_size=16, pixels_per_image=2, max_views=1)
     module.train()
-    module.compute_losses(scene_batch())
+    for _ in range(2):  # the second step contrasts with the rows the first one enqueued
+        module.compute_losses(scene_batch())["loss"].backward()
     bank = module.contrast_loss.memory_bank
     assert bank.filled.sum() > 0
     state = module.state_dict()
