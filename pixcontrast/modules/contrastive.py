@@ -18,7 +18,9 @@ class ContrastiveSegmenter(SegmentationModule):
     The projection head (``proj_dim`` channels, L2-normalised) reads the features the paper uses for the chosen
     encoder and runs in training only: ``forward``, validation, test, predict and export never touch it.
     The contrast term is switched on once ``global_step >= warmup_steps``, in every run (single-process too).
-    ``memory_size > 0`` turns on the memory variant (per-class pixel and segment queues of that many rows).
+    ``memory_size > 0`` turns on the memory variant (per-class pixel and segment queues of that many rows): the
+    loss contrasts with the bank as it was before the batch, then enqueues the batch (in training mode); the
+    backward pass does not read the bank, so the in-place update is safe.
     ``gather_anchors=True`` contrasts the anchors of all GPUs together (see :class:`PixelContrastLoss`).
     All other arguments are those of :class:`SegmentationModule`.
     """
