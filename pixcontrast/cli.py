@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import pixcontrast.callbacks  # noqa: F401  (registers the callbacks for class_path look-up)
@@ -34,11 +38,44 @@ def _description() -> str:
     )
 
 
+class RandomStateCheckpoint(Callback):
+    """Keep the random generators (torch, CUDA, numpy, python) in checkpoints and restore them on resume.
+
+    Lightning saves weights, optimiser, schedulers and loop positions but not the global random states, so
+    without this a resumed run shuffles the data, drops out and samples anchors differently from an
+    uninterrupted one. Under DDP the checkpoint holds rank 0's states and every rank restores them (ranks
+    seeded alike and drawing the same shapes stay alike).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        # numpy's key array is stored as a tensor so that checkpoints stay loadable with ``weights_only=True``
+        name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        states: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+        return states
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        name, keys, position, has_gauss, cached_gaussian = state_dict["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+        if torch.cuda.is_available():
+            for device, cuda_state in enumerate(state_dict.get("cuda", [])[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda_state, device)
+
+
 class PixContrastCLI(LightningCLI):
     """LightningCLI in subclass mode with the defaults segmentation users expect.
 
     Always on: ``ModelCheckpoint`` on ``val/miou`` (max) with ``last.ckpt`` (``--checkpoint.*``), a Rich progress
-    bar (``--progress_bar.*``) and ``LearningRateMonitor`` (``--lr_monitor.*``; dropped when the logger is off).
+    bar (``--progress_bar.*``), ``LearningRateMonitor`` (``--lr_monitor.*``; dropped when the logger is off) and
+    :class:`RandomStateCheckpoint` (so ``--ckpt_path last`` resumes exactly where the run stopped).
     ``num_classes`` and ``class_names`` of the model are taken from the datamodule.
     """
 
@@ -55,11 +92,12 @@ class PixContrastCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:
             trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
+        trainer.callbacks.insert(0, RandomStateCheckpoint())
         return trainer
 
 
-def run_lightning(args: Sequence[str]) -> PixContrastCLI:
-    """Run the LightningCLI part of the command with ``args``."""
+def run_lightning(args: Sequence[str] | None = None) -> PixContrastCLI:
+    """Run the LightningCLI part of the command with ``args`` (``None``: the process's command line)."""
     return PixContrastCLI(
         LightningModule,
         LightningDataModule,
@@ -67,11 +105,11 @@ def run_lightning(args: Sequence[str]) -> PixContrastCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         parser_kwargs={"description": _description(), "formatter_class": argparse.RawDescriptionHelpFormatter},
-        args=list(args),
+        args=None if args is None else list(args),
     )
 
 
-def run_export(args: Sequence[str]) -> None:
+def run_export(args: Sequence[str]) -> int:
     """``pixcontrast export``: write the inference network of a checkpoint (no projection head)."""
     from pixcontrast.export import export_model, load_inference_network_from_checkpoint
 
@@ -86,31 +124,38 @@ def run_export(args: Sequence[str]) -> None:
     parser.add_argument("--width", type=int, default=1024, help="example input width used for tracing")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
     options = parser.parse_args(list(args))
-    network = load_inference_network_from_checkpoint(options.ckpt)
-    path = export_model(
-        network,
-        options.output,
-        format=options.format,
-        example_shape=(1, 3, options.height, options.width),
-        opset=options.opset,
-    )
+    try:
+        network = load_inference_network_from_checkpoint(options.ckpt)
+        path = export_model(
+            network,
+            options.output,
+            format=options.format,
+            example_shape=(1, 3, options.height, options.width),
+            opset=options.opset,
+        )
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"wrote {options.format} model to {path}")
+    return 0
 
 
-def run_prepare(args: Sequence[str]) -> None:
-    """``pixcontrast prepare <dataset>``: convert an official dataset download."""
+def run_prepare(args: Sequence[str]) -> int:
+    """``pixcontrast prepare <dataset>``: convert an official dataset download; returns the exit status."""
     from pixcontrast.data.prepare import main as prepare_main
 
-    prepare_main(list(args))
+    return prepare_main(list(args))
 
 
-EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {"export": run_export, "prepare": run_prepare}
+EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"export": run_export, "prepare": run_prepare}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``pixcontrast`` console script and ``python -m pixcontrast``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in EXTRA_COMMANDS:
-        EXTRA_COMMANDS[args[0]](args[1:])
+        status = EXTRA_COMMANDS[args[0]](args[1:])
+        if status:
+            raise SystemExit(status)
         return
-    run_lightning(args)
+    run_lightning(None if argv is None else args)
