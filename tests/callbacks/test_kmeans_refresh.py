@@ -1,0 +1,107 @@
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from pixcontrast.callbacks.kmeans import KMeansRefresh
+
+
+class ToyModule(pl.LightningModule):
+    """Smallest module with the KMeansRefresh hooks: two named feature sets, or one plain tensor."""
+
+    def __init__(self, named: bool = True) -> None:
+        super().__init__()
+        self.named = named
+        self.net = torch.nn.Linear(4, 3)
+        self.received: list[tuple[int, object]] = []
+        self.cluster_calls = []
+
+    def cluster_features(self, batch):
+        (x,) = batch
+        features = self.net(x)
+        return {"a": features, "b": features[:, :2]} if self.named else features
+
+    def cluster_counts(self):
+        return {"a": 3, "b": 2} if self.named else 3
+
+    def set_centroids(self, centroids) -> None:
+        self.received.append((self.current_epoch, centroids))
+
+    def on_cluster_start(self) -> None:
+        self.cluster_calls.append(self.training)
+
+    def training_step(self, batch, batch_index):
+        (x,) = batch
+        return self.net(x).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+        return DataLoader(TensorDataset(x), batch_size=16)
+
+
+def trainer(tmp_path, callback, max_epochs=2, **kwargs) -> pl.Trainer:
+    return pl.Trainer(
+        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[callback], **kwargs
+    )
+
+
+def test_refreshes_every_epoch_and_logs(tmp_path):
+    module = ToyModule()
+    trainer(tmp_path, KMeansRefresh(metric="euclidean"), enable_checkpointing=False).fit(module)
+    assert [epoch for epoch, _ in module.received] == [0, 1]
+    centroids = module.received[-1][1]
+    assert centroids["a"].shape == (3, 3) and centroids["b"].shape == (2, 2)
+    assert module.cluster_calls == [False, False]  # eval mode while collecting
+    assert module.training  # mode restored
+    metrics = module.trainer.callback_metrics
+    assert {"kmeans/inertia_a", "kmeans/inertia_b", "kmeans/points_a", "kmeans/seconds"} <= set(metrics)
+    assert metrics["kmeans/points_a"] == 64
+
+
+def test_every_n_epochs_and_bounds(tmp_path):
+    module = ToyModule(named=False)
+    callback = KMeansRefresh(every_n_epochs=2, max_batches=2, max_points=20, progress_bar=False)
+    trainer(tmp_path, callback, max_epochs=3, enable_checkpointing=False).fit(module)
+    assert [epoch for epoch, _ in module.received] == [0, 2]
+    assert isinstance(module.received[0][1], torch.Tensor) and module.received[0][1].shape == (3, 3)
+    assert module.trainer.callback_metrics["kmeans/points_features"] == 20  # 32 points seen, 20 kept
+
+
+def test_checkpoint_round_trip(tmp_path):
+    first = ToyModule()
+    run = trainer(tmp_path / "first", KMeansRefresh(every_n_epochs=5), max_epochs=1)
+    run.fit(first)
+    saved = first.received[-1][1]
+    checkpoint = run.checkpoint_callback.best_model_path
+    assert torch.load(checkpoint, weights_only=False)["callbacks"]
+
+    resumed = ToyModule()
+    trainer(tmp_path / "resumed", KMeansRefresh(every_n_epochs=5), max_epochs=2).fit(resumed, ckpt_path=checkpoint)
+    assert len(resumed.received) == 1  # epoch 1 is no refresh epoch: the stored centroids are handed over
+    epoch, restored = resumed.received[0]
+    assert epoch == 1
+    for key in ("a", "b"):
+        assert torch.equal(restored[key], saved[key])
+
+
+def test_errors(tmp_path):
+    class NoHooks(ToyModule):
+        set_centroids = None
+
+    with pytest.raises(RuntimeError, match="set_centroids"):
+        trainer(tmp_path, KMeansRefresh(), enable_checkpointing=False).fit(NoHooks())
+
+    class WrongKeys(ToyModule):
+        def cluster_counts(self):
+            return {"a": 3, "c": 2}
+
+    with pytest.raises(ValueError, match="'c'"):
+        trainer(tmp_path, KMeansRefresh(), enable_checkpointing=False).fit(WrongKeys())
+    with pytest.raises(ValueError, match="max_points"):
+        KMeansRefresh(max_points=0)
+    with pytest.raises(ValueError, match="metric"):
+        KMeansRefresh(metric="l1")
