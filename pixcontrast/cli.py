@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
 
-import numpy as np
-import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-import pixcontrast.callbacks  # noqa: F401  (registers the callbacks for class_path look-up)
 import pixcontrast.data as data_package
 import pixcontrast.modules as module_package
+from pixcontrast.callbacks import RandomStateCheckpoint  # also registers our callbacks for class_path look-up
 
 CHECKPOINT_DEFAULTS = {
     "checkpoint.monitor": "val/miou",
@@ -38,42 +35,11 @@ def _description() -> str:
     )
 
 
-class RandomStateCheckpoint(Callback):
-    """Keep the random generators (torch, CUDA, numpy, python) in checkpoints and restore them on resume.
-
-    Lightning saves weights, optimiser, schedulers and loop positions but not the global random states, so
-    without this a resumed run shuffles the data, drops out and samples anchors differently from an
-    uninterrupted one. Under DDP the checkpoint holds rank 0's states and every rank restores them (ranks
-    seeded alike and drawing the same shapes stay alike).
-    """
-
-    def state_dict(self) -> dict[str, Any]:
-        # numpy's key array is stored as a tensor so that checkpoints stay loadable with ``weights_only=True``
-        name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-        states: dict[str, Any] = {
-            "torch": torch.get_rng_state(),
-            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
-            "python": random.getstate(),
-        }
-        if torch.cuda.is_available():
-            states["cuda"] = torch.cuda.get_rng_state_all()
-        return states
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        torch.set_rng_state(state_dict["torch"])
-        name, keys, position, has_gauss, cached_gaussian = state_dict["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
-        version, internal, gauss = state_dict["python"]
-        random.setstate((version, tuple(internal), gauss))
-        if torch.cuda.is_available():
-            for device, cuda_state in enumerate(state_dict.get("cuda", [])[: torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(cuda_state, device)
-
-
 class PixContrastCLI(LightningCLI):
     """LightningCLI in subclass mode with the defaults segmentation users expect.
 
-    Always on: ``ModelCheckpoint`` on ``val/miou`` (max) with ``last.ckpt`` (``--checkpoint.*``), a Rich progress
+    Always on: ``ModelCheckpoint`` on ``val/miou`` (max) with ``last.ckpt`` (``--checkpoint.*``; files go to
+    ``<trainer.default_root_dir>/checkpoints`` unless ``--checkpoint.dirpath`` says otherwise), a Rich progress
     bar (``--progress_bar.*``), ``LearningRateMonitor`` (``--lr_monitor.*``; dropped when the logger is off) and
     :class:`RandomStateCheckpoint` (so ``--ckpt_path last`` resumes exactly where the run stopped).
     ``num_classes`` and ``class_names`` of the model are taken from the datamodule.
@@ -90,6 +56,9 @@ class PixContrastCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.checkpoint_callbacks:
+            if callback.dirpath is None:  # a fixed folder, so that --ckpt_path last finds the previous run's files
+                callback.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
         if not trainer.loggers:
             trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
         trainer.callbacks.insert(0, RandomStateCheckpoint())
@@ -104,6 +73,7 @@ def run_lightning(args: Sequence[str] | None = None) -> PixContrastCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},  # a resumed run (--ckpt_path) rewrites its run folder's config.yaml
         parser_kwargs={"description": _description(), "formatter_class": argparse.RawDescriptionHelpFormatter},
         args=None if args is None else list(args),
     )
