@@ -172,10 +172,10 @@ def _shape_distance(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         angles = np.pi / 2 + 2 * np.pi * np.arange(3, dtype=np.float32) / 3
         support = np.cos(angles)[:, None, None, None] * u + np.sin(angles)[:, None, None, None] * v
         return 2.0 * support.max(axis=0)
-    bar = np.maximum(np.abs(u), np.abs(v) * 4.0)
+    bar = np.maximum(np.abs(u), np.abs(v) * 2.5)
     if name == "bar":
         return bar
-    return np.minimum(bar, np.maximum(np.abs(v), np.abs(u) * 4.0))  # cross: the union of two bars
+    return np.minimum(bar, np.maximum(np.abs(v), np.abs(u) * 2.5))  # cross: the union of two bars
 
 
 def _texture(
@@ -205,101 +205,125 @@ def _texture(
     return np.choose(kind, patterns)
 
 
-def generate_scene(
-    rng: np.random.Generator, height: int, width: int, classes: SceneClasses
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one scene: ``image`` H x W x 3 uint8 RGB and ``mask`` H x W int64 in ``[0, K)`` with 255 = ignore."""
-    f32 = np.float32
-    scale = float(np.sqrt(height * width))
-    y, x = np.mgrid[0:height, 0:width].astype(f32)
-    stuff_ids = np.flatnonzero(~classes.is_thing)
-    thing_ids = np.flatnonzero(classes.is_thing)
-
-    # Stuff: a warped Voronoi partition into a few regions.
+def _stuff_layout(
+    rng: np.random.Generator, x: np.ndarray, y: np.ndarray, stuff_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A warped Voronoi partition into 2-5 regions: (instance map H x W, class per region, region centres R x 2)."""
+    height, width = x.shape
+    scale = np.sqrt(height * width)
     num_regions = int(rng.integers(2, 6))
-    seeds = rng.uniform(0, 1, (num_regions, 2)).astype(f32) * np.array([width, height], dtype=f32)
+    seeds = rng.uniform(0, 1, (num_regions, 2)).astype(np.float32) * np.array([width, height], dtype=np.float32)
     warp = 0.08 * scale
     warped_x = x + warp * smooth_noise(rng, height, width, 3 / scale)
     warped_y = y + warp * smooth_noise(rng, height, width, 3 / scale)
     distance = (warped_x - seeds[:, 0, None, None]) ** 2 + (warped_y - seeds[:, 1, None, None]) ** 2
-    instance = distance.argmin(axis=0)
-    instance_class = list(rng.choice(stuff_ids, num_regions))
-    centres = [seeds]
+    return distance.argmin(axis=0), rng.choice(stuff_ids, num_regions), seeds
 
-    # Things: textured shapes, later ones occlude earlier ones.
-    num_objects = int(rng.integers(4, 9)) if len(thing_ids) else 0
-    if num_objects:
-        object_class = rng.choice(thing_ids, num_objects)
-        centre = rng.uniform(0.05, 0.95, (num_objects, 2)).astype(f32) * np.array([width, height], dtype=f32)
-        size = rng.uniform(0.1, 0.24, num_objects).astype(f32) * scale
-        aspect = rng.uniform(0.55, 1.0, num_objects).astype(f32)
-        rotation = rng.uniform(0, np.pi, num_objects).astype(f32)
-        dx = x[None] - centre[:, 0, None, None]
-        dy = y[None] - centre[:, 1, None, None]
-        cos, sin = np.cos(rotation)[:, None, None], np.sin(rotation)[:, None, None]
-        u = (dx * cos + dy * sin) / size[:, None, None]
-        v = (dy * cos - dx * sin) / (size * aspect)[:, None, None]
-        inside = np.zeros((num_objects, height, width), dtype=bool)
-        for shape in np.unique(classes.shape[object_class]):
-            chosen = classes.shape[object_class] == shape
-            inside[chosen] = _shape_distance(int(shape), u[chosen], v[chosen]) <= 1.0
-        order = np.arange(1, num_objects + 1)[:, None, None]
-        top = (inside * order).max(axis=0)
-        instance = np.where(top > 0, num_regions + top - 1, instance)
-        instance_class += list(object_class)
-        centres.append(centre)
 
-    # Per-instance appearance: shared colour distribution, class texture with small jitter.
-    cls = np.asarray(instance_class)
-    count = len(cls)
-    hue = (classes.hue[cls] + rng.uniform(-0.3, 0.3, count)) % 1.0
+def _thing_layout(
+    rng: np.random.Generator, x: np.ndarray, y: np.ndarray, thing_ids: np.ndarray, classes: SceneClasses
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """4-8 rotated shapes painted in order (later ones occlude earlier ones).
+
+    Returns (topmost object per pixel H x W, -1 where none; class per object; object centres N x 2).
+    """
+    height, width = x.shape
+    scale = np.sqrt(height * width)
+    count = int(rng.integers(4, 9)) if len(thing_ids) else 0
+    object_class = rng.choice(thing_ids, count) if count else np.zeros(0, dtype=np.int64)
+    centre = rng.uniform(0.05, 0.95, (count, 2)).astype(np.float32) * np.array([width, height], dtype=np.float32)
+    size = rng.uniform(0.11, 0.25, count).astype(np.float32) * scale
+    aspect = rng.uniform(0.55, 1.0, count).astype(np.float32)
+    rotation = rng.uniform(0, np.pi, count).astype(np.float32)
+    dx = x[None] - centre[:, 0, None, None]
+    dy = y[None] - centre[:, 1, None, None]
+    cos, sin = np.cos(rotation)[:, None, None], np.sin(rotation)[:, None, None]
+    u = (dx * cos + dy * sin) / size[:, None, None]
+    v = (dy * cos - dx * sin) / (size * aspect)[:, None, None]
+    inside = np.zeros((count, height, width), dtype=bool)
+    shapes = classes.shape[object_class]
+    for shape in np.unique(shapes):
+        inside[shapes == shape] = _shape_distance(int(shape), u[shapes == shape], v[shapes == shape]) <= 1.0
+    top = (inside * np.arange(1, count + 1)[:, None, None]).max(axis=0, initial=0)
+    return top - 1, object_class, centre
+
+
+def _paint(
+    rng: np.random.Generator,
+    instance: np.ndarray,
+    instance_class: np.ndarray,
+    centres: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: SceneClasses,
+) -> np.ndarray:
+    """H x W x 3 float image: per instance a colour from the shared distribution times its class texture."""
+    height, width = x.shape
+    count = len(instance_class)
+    hue = (classes.hue[instance_class] + rng.uniform(-0.3, 0.3, count)) % 1.0
     hsv = np.stack([hue, rng.uniform(0.15, 0.75, count), rng.uniform(0.3, 0.85, count)], axis=-1)
-    colour = hsv_to_rgb(hsv).astype(f32)
-    amplitude = rng.uniform(0.2, 0.45, count).astype(f32)
-    freq = classes.freq[cls] * rng.uniform(0.88, 1.12, count).astype(f32)
-    angle = classes.angle[cls] + np.deg2rad(rng.normal(0.0, 6.0, count)).astype(f32)
-    phase = rng.uniform(0, 2 * np.pi, (2, count)).astype(f32)
-    centre_xy = np.concatenate(centres, axis=0)
+    colour = hsv_to_rgb(hsv).astype(np.float32)
+    amplitude = rng.uniform(0.2, 0.45, count).astype(np.float32)
+    freq = classes.freq[instance_class] * rng.uniform(0.88, 1.12, count).astype(np.float32)
+    angle = classes.angle[instance_class] + np.deg2rad(rng.normal(0.0, 6.0, count)).astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, (2, count)).astype(np.float32)
     noise_fields = np.stack([smooth_noise(rng, height, width, cells) for cells in classes.noise_cells])
-    noise_index = np.searchsorted(np.asarray(classes.noise_cells), classes.freq[cls]).clip(0, len(noise_fields) - 1)
-    pixel_noise = np.take_along_axis(noise_fields, noise_index[instance][None], axis=0)[0]
-
+    noise_index = np.searchsorted(np.asarray(classes.noise_cells), classes.freq[instance_class])
+    noise_index = noise_index.clip(0, len(noise_fields) - 1)[instance]
     pattern = _texture(
-        classes.kind[cls][instance],
+        classes.kind[instance_class][instance],
         freq[instance],
         angle[instance],
         phase[:, instance],
         x,
         y,
-        centre_xy[instance, 0],
-        centre_xy[instance, 1],
-        pixel_noise,
+        centres[instance, 0],
+        centres[instance, 1],
+        np.take_along_axis(noise_fields, noise_index[None], axis=0)[0],
     )
-    image = colour[instance] * (1.0 + amplitude[instance] * pattern)[..., None]
+    return colour[instance] * (1.0 + amplitude[instance] * pattern)[..., None]
 
-    # Illumination (gain and a linear gradient) and sensor noise.
+
+def _light(rng: np.random.Generator, image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Random gain, a linear illumination gradient and Gaussian sensor noise; returns uint8."""
+    height, width = x.shape
     light_angle = rng.uniform(0, 2 * np.pi)
-    ramp = ((x - width / 2) * np.cos(light_angle) + (y - height / 2) * np.sin(light_angle)) / scale
-    image *= (rng.uniform(0.75, 1.2) * (1.0 + rng.uniform(-0.6, 0.6) * ramp))[..., None]
-    image += rng.normal(0.0, rng.uniform(0.01, 0.04), image.shape).astype(f32)
-    image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    ramp = ((x - width / 2) * np.cos(light_angle) + (y - height / 2) * np.sin(light_angle)) / np.sqrt(height * width)
+    image = image * (rng.uniform(0.75, 1.2) * (1.0 + rng.uniform(-0.6, 0.6) * ramp))[..., None]
+    image += rng.uniform(0.01, 0.04) * rng.standard_normal(image.shape, dtype=np.float32)
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
-    # Labels: class per pixel, boundary bands and random blobs unlabelled.
-    mask = cls[instance].astype(np.int64)
-    edge = np.zeros((height, width), dtype=bool)
-    edge_x = mask[:, 1:] != mask[:, :-1]
-    edge_y = mask[1:] != mask[:-1]
-    edge[:, 1:] |= edge_x
-    edge[:, :-1] |= edge_x
-    edge[1:] |= edge_y
-    edge[:-1] |= edge_y
+
+def _unlabel(rng: np.random.Generator, mask: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Set a 2-pixel band along class boundaries and 0-2 random blobs to ``IGNORE_INDEX``."""
+    height, width = mask.shape
+    ignore = np.zeros((height, width), dtype=bool)
+    step_x = mask[:, 1:] != mask[:, :-1]
+    step_y = mask[1:] != mask[:-1]
+    ignore[:, 1:] |= step_x
+    ignore[:, :-1] |= step_x
+    ignore[1:] |= step_y
+    ignore[:-1] |= step_y
     num_blobs = int(rng.integers(0, 3))
-    blob_centre = rng.uniform(0, 1, (num_blobs, 2)) * np.array([width, height])
-    blob_radius = rng.uniform(0.04, 0.1, num_blobs) * scale
-    blob = (x[None] - blob_centre[:, 0, None, None]) ** 2 + (y[None] - blob_centre[:, 1, None, None]) ** 2
-    edge |= (blob <= blob_radius[:, None, None] ** 2).any(axis=0)
-    mask[edge] = IGNORE_INDEX
-    return image, mask
+    centre = rng.uniform(0, 1, (num_blobs, 2)) * np.array([width, height])
+    radius = rng.uniform(0.04, 0.1, num_blobs) * np.sqrt(height * width)
+    distance = (x[None] - centre[:, 0, None, None]) ** 2 + (y[None] - centre[:, 1, None, None]) ** 2
+    ignore |= (distance <= radius[:, None, None] ** 2).any(axis=0)
+    return np.where(ignore, IGNORE_INDEX, mask)
+
+
+def generate_scene(
+    rng: np.random.Generator, height: int, width: int, classes: SceneClasses
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one scene: ``image`` H x W x 3 uint8 RGB and ``mask`` H x W int64 in ``[0, K)`` with 255 = ignore."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    regions, region_class, region_centre = _stuff_layout(rng, x, y, np.flatnonzero(~classes.is_thing))
+    objects, object_class, object_centre = _thing_layout(rng, x, y, np.flatnonzero(classes.is_thing), classes)
+    instance = np.where(objects >= 0, len(region_class) + objects, regions)
+    instance_class = np.concatenate([region_class, object_class])
+    centres = np.concatenate([region_centre, object_centre])
+    image = _light(rng, _paint(rng, instance, instance_class, centres, x, y, classes), x, y)
+    return image, _unlabel(rng, instance_class[instance].astype(np.int64), x, y)
 
 
 def _image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:

@@ -86,3 +86,9 @@ class ContrastiveSegmenter(SegmentationModule):
             losses["contrast"] = contrast
             losses["loss"] = losses["loss"] + self.hparams.loss_weight * contrast
         return losses
+
+    def visualization_outputs(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Hook for :class:`SegmentationVisualizer`: ``prediction`` B x H x W and the ``embeddings`` B x D x h x w."""
+        output = self.model.forward_train(batch["image"])
+        prediction = F.interpolate(output.logits, size=batch["image"].shape[-2:], mode="bilinear", align_corners=False)
+        return {"prediction": prediction.argmax(dim=1), "embeddings": output.embeddings}

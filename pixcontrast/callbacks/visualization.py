@@ -1,0 +1,294 @@
+"""SegmentationVisualizer: overlays, embedding plots and a confusion matrix at the end of validation.
+
+The callback talks to the LightningModule through one hook, documented on :class:`SegmentationVisualizer`:
+
+``visualization_outputs(batch) -> Mapping[str, Tensor]``, called in eval mode under ``torch.no_grad`` with a
+batch in the batch format (``image`` B x 3 x H x W on the module's device, ``mask`` B x H x W, ``name``):
+
+- ``prediction`` (required): B x H x W int64 class ids at image size. Cluster models return clusters
+  already mapped to classes by their Hungarian matching (``ignore_index`` for unmatched clusters).
+- ``embeddings`` (optional): B x D x h x w pixel embeddings / features, for the embedding plot.
+- ``cluster_map`` (optional): B x H x W int64 raw cluster ids; when given, the embedding plot is coloured
+  by cluster instead of by ground-truth class.
+
+An empty mapping means "nothing to show yet" (e.g. PiCIE before its first clustering) and skips the epoch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from pixcontrast.data.base import IGNORE_INDEX, default_palette, denormalize_image
+
+PROJECTIONS = {"pca": None, "tsne": "sklearn", "umap": "umap"}
+
+
+def confusion_counts(target: Tensor, prediction: Tensor, num_classes: int) -> Tensor:
+    """``num_classes x num_classes`` int64 pixel counts (rows: ground truth, columns: prediction).
+
+    Pixels whose target or prediction is outside ``[0, num_classes)`` (ignore, unmatched clusters) are left out.
+    """
+    valid = (target >= 0) & (target < num_classes) & (prediction >= 0) & (prediction < num_classes)
+    index = torch.where(valid, target * num_classes + prediction, num_classes * num_classes)
+    counts = torch.bincount(index.flatten(), minlength=num_classes * num_classes + 1)
+    return counts[:-1].view(num_classes, num_classes)
+
+
+def sample_per_group(groups: Tensor, max_per_group: int, generator: torch.Generator, ignore_index: int) -> Tensor:
+    """Indices of at most ``max_per_group`` uniformly drawn entries of each group id in the 1-D ``groups``
+    (entries equal to ``ignore_index`` or negative are never drawn)."""
+    order = torch.randperm(groups.numel(), generator=generator, device=groups.device)
+    order = order[torch.argsort(groups[order], stable=True)]
+    sorted_groups = groups[order]
+    first = torch.searchsorted(sorted_groups, sorted_groups, side="left")
+    rank = torch.arange(groups.numel(), device=groups.device) - first
+    keep = (rank < max_per_group) & (sorted_groups >= 0) & (sorted_groups != ignore_index)
+    return order[keep]
+
+
+def _pad_to(tensor: Tensor, height: int, width: int, value: float) -> Tensor:
+    return F.pad(tensor, (0, width - tensor.shape[-1], 0, height - tensor.shape[-2]), value=value)
+
+
+class SegmentationVisualizer(L.Callback):
+    """Log pictures of what a segmentation model learned at the end of validation (rank 0 writes).
+
+    A fixed set of ``sample_images`` validation images, spread evenly over the validation set and chosen once
+    (so epochs are comparable), is run through ``module.visualization_outputs`` (see the module docstring for
+    the hook) every ``every_n_epochs`` validation epochs, after the module's own ``on_validation_epoch_end``
+    (so cluster models use their newest matching). From it the callback draws:
+
+    - ``grid``: one row per image for the first ``num_images`` images: image | ground-truth overlay |
+      prediction overlay | error map (wrong pixels red), with the datamodule's ``palette`` and a legend of its
+      ``class_names``;
+    - ``embeddings``: a 2-D projection (``projection``: ``"pca"`` via ``torch.pca_lowrank``; ``"tsne"`` needs
+      scikit-learn, ``"umap"`` needs umap-learn) of at most ``max_points_per_class`` pixel embeddings per class
+      (per cluster when the module returns ``cluster_map``), coloured by class (cluster);
+    - ``confusion_matrix``: the row-normalised confusion matrix over the pixels of the fixed set.
+
+    Images go to every logger that takes them (TensorBoard's ``add_image``, or a ``log_image(key, images,
+    step)`` method as in the W&B logger) under ``val/segmentation_grid``, ``val/embeddings`` and
+    ``val/confusion_matrix``, and as PNG files ``<name>_epoch<NNN>.png`` in ``output_dir`` (default:
+    ``<trainer.log_dir>/visualizations``). Every rank runs the forward pass (so sharded strategies work);
+    only global rank 0 draws and writes. With ``grid``, ``embeddings`` and ``confusion_matrix`` all off the
+    callback does nothing at all. Images of different sizes are padded (bottom/right, unlabelled) to the
+    largest one. Needs a datamodule with ``class_names`` and ``palette`` (all pixcontrast datamodules).
+    """
+
+    def __init__(
+        self,
+        num_images: int = 4,
+        every_n_epochs: int = 1,
+        grid: bool = True,
+        embeddings: bool = True,
+        confusion_matrix: bool = True,
+        max_points_per_class: int = 200,
+        sample_images: int = 16,
+        projection: str = "pca",
+        output_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("num_images", num_images),
+            ("every_n_epochs", every_n_epochs),
+            ("max_points_per_class", max_points_per_class),
+            ("sample_images", sample_images),
+        ):
+            if value < 1:
+                raise ValueError(f"SegmentationVisualizer: {name} must be >= 1, got {value}")
+        if projection not in PROJECTIONS:
+            raise ValueError(f"SegmentationVisualizer: projection must be one of {sorted(PROJECTIONS)}, got {projection!r}")
+        package = PROJECTIONS[projection]
+        if embeddings and package is not None and importlib.util.find_spec(package) is None:
+            raise ValueError(
+                f"SegmentationVisualizer: projection={projection!r} needs the {package!r} package; "
+                f"install it (pip install {'scikit-learn' if package == 'sklearn' else 'umap-learn'}) or use 'pca'"
+            )
+        self.num_images = num_images
+        self.every_n_epochs = every_n_epochs
+        self.grid = grid
+        self.embeddings = embeddings
+        self.confusion_matrix = confusion_matrix
+        self.max_points_per_class = max_points_per_class
+        self.sample_images = max(sample_images, num_images) if grid else sample_images
+        self.projection = projection
+        self.output_dir = output_dir
+        self.seed = seed
+        self._fixed: dict[str, Any] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.grid or self.embeddings or self.confusion_matrix
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.enabled and not callable(getattr(pl_module, "visualization_outputs", None)):
+            raise RuntimeError(
+                f"SegmentationVisualizer needs {type(pl_module).__name__}.visualization_outputs(batch) returning a "
+                "mapping with 'prediction' (B x H x W class ids); implement it or remove the callback"
+            )
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled or trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        collected = self._collect(trainer, pl_module)
+        if collected is None or not trainer.is_global_zero:
+            return
+        datamodule = trainer.datamodule
+        pictures = self.render(collected, list(datamodule.class_names), np.asarray(datamodule.palette),
+                               title=f"epoch {trainer.current_epoch}")
+        self._write(trainer, pictures)
+
+    # ------------------------------------------------------------------------------------------ collecting
+    def _fixed_batch(self, trainer: L.Trainer) -> dict[str, Any]:
+        """The fixed validation images (CPU), loaded once: ``image`` N x 3 x H x W, ``mask`` N x H x W, ``name``."""
+        if self._fixed is not None:
+            return self._fixed
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "class_names") or not hasattr(datamodule, "palette"):
+            raise RuntimeError(
+                "SegmentationVisualizer needs a datamodule with class_names and palette (any pixcontrast datamodule)"
+            )
+        dataset = getattr(datamodule, "val_dataset", None)
+        if dataset is None:
+            dataset = self._val_loader(trainer).dataset
+        count = min(len(dataset), self.sample_images)
+        indices = torch.linspace(0, len(dataset) - 1, count).round().long().tolist()
+        items = [dataset[i] for i in indices]
+        height = max(item["image"].shape[-2] for item in items)
+        width = max(item["image"].shape[-1] for item in items)
+        self._fixed = {
+            "image": torch.stack([_pad_to(item["image"], height, width, 0.0) for item in items]),
+            "mask": torch.stack([_pad_to(item["mask"], height, width, datamodule.ignore_index) for item in items]),
+            "name": [item.get("name", str(i)) for item, i in zip(items, indices)],
+        }
+        return self._fixed
+
+    @staticmethod
+    def _val_loader(trainer: L.Trainer) -> Any:
+        loaders = trainer.val_dataloaders
+        return loaders[0] if isinstance(loaders, Sequence) else loaders
+
+    def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any] | None:
+        """Run the hook over the fixed set in chunks; keep grid predictions, confusion counts, sampled embeddings."""
+        fixed = self._fixed_batch(trainer)
+        num_classes = len(trainer.datamodule.class_names)
+        ignore_index = getattr(trainer.datamodule, "ignore_index", IGNORE_INDEX)
+        chunk = getattr(self._val_loader(trainer), "batch_size", None) or 1
+        generator = torch.Generator().manual_seed(self.seed)
+        predictions, points, groups = [], [], []
+        by_cluster = False
+        confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(fixed["name"]), chunk):
+                    batch = {
+                        "image": fixed["image"][start : start + chunk].to(pl_module.device),
+                        "mask": fixed["mask"][start : start + chunk].to(pl_module.device),
+                        "name": fixed["name"][start : start + chunk],
+                    }
+                    outputs = pl_module.visualization_outputs(batch)
+                    if not outputs:
+                        return None
+                    prediction = outputs.get("prediction")
+                    if prediction is None or prediction.shape != batch["mask"].shape:
+                        raise RuntimeError(
+                            "visualization_outputs: 'prediction' must be B x H x W like the mask "
+                            f"{tuple(batch['mask'].shape)}, got {None if prediction is None else tuple(prediction.shape)}"
+                        )
+                    if self.confusion_matrix:
+                        confusion += confusion_counts(batch["mask"], prediction, num_classes).cpu()
+                    if self.grid and start < self.num_images:
+                        predictions.append(prediction[: self.num_images - start].cpu())
+                    if self.embeddings and "embeddings" in outputs:
+                        by_cluster = "cluster_map" in outputs
+                        colour_by = outputs["cluster_map"] if by_cluster else batch["mask"]
+                        sampled = self._sample_embeddings(outputs["embeddings"], colour_by, generator, ignore_index)
+                        points.append(sampled[0])
+                        groups.append(sampled[1])
+        finally:
+            pl_module.train(was_training)
+        if self.embeddings and not points:
+            rank_zero_warn("SegmentationVisualizer: visualization_outputs returned no 'embeddings'; no embedding plot")
+        return {
+            "images": denormalize_image(fixed["image"][: self.num_images]).permute(0, 2, 3, 1).numpy(),
+            "masks": fixed["mask"][: self.num_images].numpy(),
+            "predictions": torch.cat(predictions).numpy() if predictions else None,
+            "confusion": confusion if self.confusion_matrix else None,
+            "points": torch.cat(points) if points else None,
+            "groups": torch.cat(groups) if groups else None,
+            "by_cluster": by_cluster,
+            "ignore_index": ignore_index,
+        }
+
+    def _sample_embeddings(
+        self, embeddings: Tensor, labels: Tensor, generator: torch.Generator, ignore_index: int
+    ) -> tuple[Tensor, Tensor]:
+        """At most ``max_points_per_class`` embeddings (N x D, CPU) per label, with their labels (N)."""
+        batch, _, height, width = embeddings.shape
+        small = F.interpolate(labels[:, None].float(), size=(height, width), mode="nearest")[:, 0].long().cpu()
+        chosen = sample_per_group(small.flatten(), self.max_points_per_class, generator, ignore_index)
+        b, rest = chosen // (height * width), chosen % (height * width)
+        y, x = rest // width, rest % width
+        device = embeddings.device
+        vectors = embeddings[b.to(device), :, y.to(device), x.to(device)]
+        return vectors.float().cpu(), small.flatten()[chosen]
+
+    # ------------------------------------------------------------------------------------------ drawing
+    def render(
+        self, collected: Mapping[str, Any], class_names: Sequence[str], palette: np.ndarray, title: str = ""
+    ) -> dict[str, np.ndarray]:
+        """Draw the enabled pictures from :meth:`_collect`'s output: name -> H x W x 3 uint8."""
+        from pixcontrast.visualization_utils import confusion_figure, embedding_figure, project_2d, segmentation_grid
+
+        pictures = {}
+        ignore_index = collected["ignore_index"]
+        if collected["predictions"] is not None:
+            pictures["segmentation_grid"] = segmentation_grid(
+                collected["images"], collected["masks"], collected["predictions"], palette, class_names,
+                ignore_index=ignore_index,
+            )
+        if collected["confusion"] is not None:
+            pictures["confusion_matrix"] = confusion_figure(collected["confusion"], class_names, title)
+        if collected["points"] is not None:
+            groups = collected["groups"]
+            keep = sample_per_group(groups, self.max_points_per_class, torch.Generator().manual_seed(self.seed),
+                                    ignore_index)
+            points, groups = collected["points"][keep], groups[keep]
+            if collected["by_cluster"]:
+                count = int(groups.max()) + 1 if groups.numel() else 1
+                colours, names = default_palette(count), [f"cluster {c}" for c in range(count)]
+            else:
+                colours, names = palette, list(class_names)
+            projected = project_2d(points, self.projection, self.seed)
+            pictures["embeddings"] = embedding_figure(
+                projected, groups, colours, names, f"{title}, {self.projection.upper()} of pixel embeddings"
+            )
+        return pictures
+
+    def _write(self, trainer: L.Trainer, pictures: Mapping[str, np.ndarray]) -> None:
+        from PIL import Image
+
+        folder = self.output_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "visualizations")
+        os.makedirs(folder, exist_ok=True)
+        for name, picture in pictures.items():
+            Image.fromarray(picture).save(os.path.join(folder, f"{name}_epoch{trainer.current_epoch:03d}.png"))
+            for logger in trainer.loggers:
+                experiment = getattr(logger, "experiment", None)
+                if hasattr(experiment, "add_image"):
+                    experiment.add_image(f"val/{name}", picture, trainer.global_step, dataformats="HWC")
+                elif callable(getattr(logger, "log_image", None)):
+                    logger.log_image(key=f"val/{name}", images=[picture], step=trainer.global_step)
