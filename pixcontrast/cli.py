@@ -6,9 +6,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import pixcontrast.data as data_package
@@ -54,14 +55,16 @@ class PixContrastCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
 
-    def instantiate_trainer(self, **kwargs) -> Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # Drop the always-on callbacks that the trainer settings switch off: no progress bar, no logger to monitor.
+        if config.get("enable_progress_bar") is False:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, RichProgressBar)]
+        if config.get("logger") is False:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+        trainer = super()._instantiate_trainer(config, [RandomStateCheckpoint(), *callbacks])
         for callback in trainer.checkpoint_callbacks:
             if callback.dirpath is None:  # a fixed folder, so that --ckpt_path last finds the previous run's files
                 callback.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
-        if not trainer.loggers:
-            trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
-        trainer.callbacks.insert(0, RandomStateCheckpoint())
         return trainer
 
 

@@ -53,3 +53,10 @@ def test_python_dash_m_runs_the_same_command():
     result = subprocess.run([sys.executable, "-m", "pixcontrast", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "ContrastiveSegmenter" in result.stdout
+
+
+@pytest.mark.parametrize("switch", ["--trainer.enable_progress_bar=false", "--trainer.logger=false"])
+def test_trainer_switches_turn_off_the_default_callbacks(switch, tmp_path):
+    main(["fit", "--config", str(CONFIGS / "synthetic_baseline.yaml"), switch, "--trainer.fast_dev_run=true",
+          f"--trainer.default_root_dir={tmp_path}", "--data.init_args.num_workers=0",
+          "--data.init_args.image_size=32", "--data.init_args.batch_size=2", "--model.init_args.head_channels=8"])
