@@ -1,6 +1,14 @@
-"""Losses (pure torch, no Lightning): supervised pixel contrast and its memory bank."""
+"""Losses (pure torch, no Lightning): supervised pixel contrast, its memory bank, and PiCIE's cluster losses."""
 
 from pixcontrast.losses.memory_bank import PixelMemoryBank
+from pixcontrast.losses.picie import (
+    PiCIELoss,
+    PiCIELossOutput,
+    assign_clusters,
+    balanced_cluster_weights,
+    cluster_scores,
+    picie_loss,
+)
 from pixcontrast.losses.pixel_contrast import (
     PixelContrastLoss,
     downsample_labels,
@@ -9,6 +17,12 @@ from pixcontrast.losses.pixel_contrast import (
 )
 
 __all__ = [
+    "PiCIELoss",
+    "PiCIELossOutput",
+    "assign_clusters",
+    "balanced_cluster_weights",
+    "cluster_scores",
+    "picie_loss",
     "PixelContrastLoss",
     "PixelMemoryBank",
     "downsample_labels",

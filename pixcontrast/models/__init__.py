@@ -1,6 +1,7 @@
-"""Plain ``nn.Module`` segmentation models: timm encoders, decode heads, the pixel-contrast Segmenter."""
+"""Plain ``nn.Module`` segmentation models: timm encoders, decode heads, the pixel-contrast Segmenter, PiCIE's FPN."""
 
 from pixcontrast.models.backbones import Encoder, HRNetV2Encoder, TimmEncoder, build_encoder
+from pixcontrast.models.fpn import LightFPN, PiCIENetwork
 from pixcontrast.models.heads import ASPPHead, FCNHead, OCRHead, ProjectionHead
 from pixcontrast.models.segmenter import SegmentationNetwork, Segmenter, SegmenterOutput
 
@@ -9,7 +10,9 @@ __all__ = [
     "Encoder",
     "FCNHead",
     "HRNetV2Encoder",
+    "LightFPN",
     "OCRHead",
+    "PiCIENetwork",
     "ProjectionHead",
     "SegmentationNetwork",
     "Segmenter",

@@ -1,0 +1,316 @@
+"""PiCIE: unsupervised semantic segmentation by clustering with invariance and equivariance (Cho et al., 2021).
+
+Each epoch, :class:`~pixcontrast.callbacks.KMeansRefresh` clusters the pixel features of each view through the
+hooks :meth:`PiCIE.cluster_features`, :meth:`PiCIE.cluster_counts` and :meth:`PiCIE.set_centroids`; the
+centroids are frozen classifiers for the epoch. Pseudo-labels are the nearest centroids (cosine) of the
+features of the very forward pass that is trained, so no label files are written. Training data comes from
+:class:`~pixcontrast.data.picie_views.PiCIEDataModule` (two views and the geometric transform linking them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from pixcontrast.data.picie_views import warp_features
+from pixcontrast.losses.picie import cluster_scores, picie_loss
+from pixcontrast.metrics import HungarianMatchedSegmentation
+from pixcontrast.models.fpn import PiCIENetwork
+
+TRAIN_KEYS = ("image1", "image2", "geometry")
+
+
+class PiCIE(L.LightningModule):
+    """PiCIE on any timm encoder with the paper's light FPN.
+
+    Args:
+        num_classes: ground-truth classes of the evaluation label set (set from the datamodule by the CLI).
+        num_clusters: K of the main clustering (paper 27).
+        over_clusters: K of the optional over-clustering head (PiCIE+H), trained jointly; ``None`` = off.
+        encoder, feature_dim, pretrained, weights_path: see :class:`~pixcontrast.models.fpn.PiCIENetwork`.
+        lr, weight_decay: Adam (paper: lr 1e-4 on COCO-Stuff, 1e-3 on Cityscapes, no decay, no schedule).
+        temperature: the logits are ``cos(z, mu) / temperature``.
+        balanced: weight each cross-entropy by inverse cluster frequency in the batch (default). With
+            ``False`` every pixel counts the same, so large clusters dominate.
+        ignore_index: unlabelled pixels in evaluation masks.
+        class_names: names of the evaluation classes, for the per-class IoU logs.
+
+    Centroids, the "clustered" flag and the last cluster -> class matching are buffers, so they are saved in
+    checkpoints. Batch-norm runs on batch statistics both in the clustering pass and in training (the labels
+    come from the training forward pass); running statistics are not updated by the clustering pass.
+    Evaluation classifies with the view-1 centroids; the over-clustering head is scored by many-to-one
+    matching (``val/over_*``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_clusters: int = 27,
+        over_clusters: int | None = None,
+        encoder: str = "resnet18",
+        feature_dim: int = 128,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        temperature: float = 1.0,
+        balanced: bool = True,
+        ignore_index: int = 255,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if num_clusters < 2:
+            raise ValueError(f"num_clusters must be >= 2, got {num_clusters}")
+        if over_clusters is not None and over_clusters <= num_clusters:
+            raise ValueError(
+                f"over_clusters must exceed num_clusters={num_clusters} (or be None to disable), got {over_clusters}"
+            )
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+        self.save_hyperparameters()
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.network = PiCIENetwork(encoder, feature_dim, pretrained=pretrained, weights_path=weights_path)
+        for key, count in self.cluster_counts().items():
+            self.register_buffer(f"centroids_{key}", torch.zeros(count, feature_dim))
+        self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("assignment", torch.full((num_clusters,), -1, dtype=torch.int64))
+        self.val_metric = HungarianMatchedSegmentation(num_classes, num_clusters, ignore_index)
+        self.test_metric = self.val_metric.clone()
+        if over_clusters is not None:
+            self.val_over_metric = HungarianMatchedSegmentation(
+                num_classes, over_clusters, ignore_index, matching="majority"
+            )
+            self.test_over_metric = self.val_over_metric.clone()
+        self._bn_momenta: dict[nn.Module, float | None] = {}
+        self._has_centroids = False
+
+    @property
+    def has_centroids(self) -> bool:
+        """Whether a clustering pass has set the centroids (read from the buffer once, then cached)."""
+        if not self._has_centroids:
+            self._has_centroids = bool(self.clustered)
+        return self._has_centroids
+
+    # ------------------------------------------------------------------------------------------ features
+    def forward(self, images: Tensor) -> Tensor:
+        """Unit-norm pixel features: ``B x 3 x H x W -> B x feature_dim x H / r x W / r``."""
+        return self.network(images)
+
+    def view_features(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Features of both views, aligned pixel to pixel: ``z1 = f(G(P1 x))`` and ``z2 = G(f(P2 x))``.
+
+        Both views go through the network as one batch (the same batch-norm statistics in clustering and in
+        training). Returns two ``B x D x h x w`` maps.
+        """
+        missing = [key for key in TRAIN_KEYS if key not in batch]
+        if missing:
+            raise KeyError(
+                f"PiCIE training batches need {TRAIN_KEYS}, missing {missing}; wrap the datamodule in "
+                "pixcontrast.data.PiCIEDataModule"
+            )
+        image1, image2 = batch["image1"].to(self.device), batch["image2"].to(self.device)
+        features1, features2 = self(torch.cat([image1, image2])).chunk(2)
+        return features1, warp_features(features2, batch["geometry"], output_size=features1.shape[-2:])
+
+    def centroids(self, key: str) -> Tensor:
+        """The ``K x D`` centroids of feature set ``key`` (``view1``, ``view2``, ``view1_over``, ``view2_over``)."""
+        return getattr(self, f"centroids_{key}")
+
+    # -------------------------------------------------------------------------------- KMeansRefresh hooks
+    def cluster_counts(self) -> dict[str, int]:
+        """Number of clusters of every feature set."""
+        counts = {"view1": self.hparams.num_clusters, "view2": self.hparams.num_clusters}
+        if self.hparams.over_clusters is not None:
+            counts.update(view1_over=self.hparams.over_clusters, view2_over=self.hparams.over_clusters)
+        return counts
+
+    @torch.no_grad()
+    def cluster_features(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Pixel features to cluster, ``N x D`` per feature set (the over-clustering sets share the views')."""
+        features1, features2 = self.view_features(batch)
+        pixels = {"view1": _pixels(features1), "view2": _pixels(features2)}
+        if self.hparams.over_clusters is not None:
+            pixels.update(view1_over=pixels["view1"], view2_over=pixels["view2"])
+        return pixels
+
+    @torch.no_grad()
+    def set_centroids(self, centroids: Mapping[str, Tensor]) -> None:
+        """Store the fitted centroids (``K x D`` per feature set), normalised."""
+        expected = self.cluster_counts()
+        if set(centroids) != set(expected):
+            raise ValueError(f"set_centroids expects the keys {sorted(expected)}, got {sorted(centroids)}")
+        for key, value in centroids.items():
+            buffer = self.centroids(key)
+            if value.shape != buffer.shape:
+                raise ValueError(f"centroids {key!r} must be {tuple(buffer.shape)}, got {tuple(value.shape)}")
+            buffer.copy_(F.normalize(value.to(buffer), dim=1))
+        self.clustered.fill_(True)
+        self._has_centroids = True
+
+    def on_cluster_start(self) -> None:
+        """Select this epoch's views; batch statistics on, running statistics frozen while clustering."""
+        self.select_views()
+        self.train()
+        self._bn_momenta = {m: m.momentum for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        for module in self._bn_momenta:
+            module.momentum = 0.0
+
+    def on_cluster_end(self) -> None:
+        for module, momentum in self._bn_momenta.items():
+            module.momentum = momentum
+        self._bn_momenta = {}
+
+    def select_views(self) -> None:
+        """Tell the two-view data the current epoch (``set_epoch`` of the datamodule or the training dataset)."""
+        trainer = self.trainer
+        for owner in (trainer.datamodule, getattr(trainer.train_dataloader, "dataset", None)):
+            if callable(getattr(owner, "set_epoch", None)):
+                owner.set_epoch(trainer.current_epoch)
+                return
+
+    def on_train_epoch_start(self) -> None:
+        self.select_views()
+
+    # ------------------------------------------------------------------------------------------ training
+    def compute_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Loss terms of one two-view batch; ``loss`` is the total (main + over-clustering head)."""
+        if not self.has_centroids:
+            raise RuntimeError(
+                "PiCIE has no centroids yet: add pixcontrast.callbacks.KMeansRefresh to the trainer's callbacks "
+                "(it clusters the features at the start of every epoch)"
+            )
+        features1, features2 = self.view_features(batch)
+        main = picie_loss(
+            features1,
+            features2,
+            self.centroids("view1"),
+            self.centroids("view2"),
+            self.hparams.temperature,
+            self.hparams.balanced,
+        )
+        losses = {
+            "loss": main.loss,
+            "within_view": main.within_view,
+            "across_view": main.across_view,
+            "clusters_used": _clusters_used(main.labels1, self.hparams.num_clusters),
+        }
+        if self.hparams.over_clusters is not None:
+            over = picie_loss(
+                features1,
+                features2,
+                self.centroids("view1_over"),
+                self.centroids("view2_over"),
+                self.hparams.temperature,
+                self.hparams.balanced,
+            )
+            losses.update(over_loss=over.loss, loss=main.loss + over.loss)
+        return losses
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        losses = self.compute_losses(batch)
+        batch_size = batch["image1"].shape[0]
+        self.log_dict({f"train/{k}": v.detach().float() for k, v in losses.items()}, batch_size=batch_size)
+        self.log("loss", losses["loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size)
+        return losses["loss"]
+
+    # ---------------------------------------------------------------------------------------- evaluation
+    def cluster_logits(self, images: Tensor, key: str = "view1", features: Tensor | None = None) -> Tensor:
+        """Cosine scores of every pixel against the centroids ``key``, at input size: ``B x K x H x W``.
+
+        ``features`` (``B x D x h x w``) are the network's features of ``images`` when already computed.
+        """
+        features = self(images) if features is None else features
+        scores = cluster_scores(features, self.centroids(key))
+        return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def _evaluation_step(self, batch: Mapping[str, Any], stage: str) -> None:
+        if not self.has_centroids:
+            return  # e.g. the sanity check before the first clustering pass
+        images, masks = batch["image"], batch["mask"]
+        getattr(self, f"{stage}_metric").update(self.cluster_logits(images), masks)
+        if self.hparams.over_clusters is not None:
+            getattr(self, f"{stage}_over_metric").update(self.cluster_logits(images, "view1_over"), masks)
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        if not self.has_centroids:
+            rank_zero_warn(f"PiCIE: no centroids yet, {stage} metrics skipped (they need a clustering pass)")
+            return
+        metric = getattr(self, f"{stage}_metric")
+        result = metric.compute()
+        metric.reset()
+        if stage == "val":
+            self.assignment.copy_(result["assignment"])
+        logged = {f"{stage}/miou": result["miou"], f"{stage}/pixel_accuracy": result["pixel_accuracy"]}
+        logged.update({f"{stage}/iou_{name}": iou for name, iou in zip(self.class_names, result["per_class_iou"])})
+        if self.hparams.over_clusters is not None:
+            over_metric = getattr(self, f"{stage}_over_metric")
+            over = over_metric.compute()
+            over_metric.reset()
+            logged.update({f"{stage}/over_miou": over["miou"], f"{stage}/over_pixel_accuracy": over["pixel_accuracy"]})
+        self.log_dict(logged)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def predict_maps(self, images: Tensor, features: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(cluster_map, label_map)``, both ``B x H x W`` int64.
+
+        ``label_map`` maps clusters to classes by the last validation matching (``ignore_index`` for unmatched
+        clusters); before any validation it equals ``cluster_map``.
+        """
+        cluster_map = self.cluster_logits(images, features=features).argmax(dim=1)
+        if not bool((self.assignment >= 0).any()):
+            return cluster_map, cluster_map
+        lookup = torch.where(self.assignment >= 0, self.assignment, self.hparams.ignore_index)
+        return cluster_map, lookup[cluster_map]
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        """``label_map`` and ``cluster_map`` (``B x H x W``) with ``name`` and ``image``, for the prediction writer."""
+        if not self.has_centroids:
+            raise RuntimeError("PiCIE has no centroids: predict with a trained checkpoint (fit runs the clustering)")
+        cluster_map, label_map = self.predict_maps(batch["image"])
+        return {"label_map": label_map, "cluster_map": cluster_map, "name": batch.get("name"), "image": batch["image"]}
+
+    def visualization_outputs(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Hook for :class:`SegmentationVisualizer`: matched ``prediction``, raw ``cluster_map`` (``B x H x W``) and
+        the features as ``embeddings``; empty before the first clustering."""
+        if not self.has_centroids:
+            return {}
+        features = self(batch["image"])
+        cluster_map, label_map = self.predict_maps(batch["image"], features)
+        return {"prediction": label_map, "cluster_map": cluster_map, "embeddings": features}
+
+    # ---------------------------------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.network.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+def _pixels(features: Tensor) -> Tensor:
+    """``B x D x h x w -> (B h w) x D``."""
+    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+
+
+def _clusters_used(labels: Tensor, num_clusters: int) -> Tensor:
+    """Number of distinct clusters among ``labels`` (a collapse indicator), computed on the device."""
+    present = torch.zeros(num_clusters, dtype=torch.bool, device=labels.device)
+    present[labels.reshape(-1)] = True
+    return present.sum()

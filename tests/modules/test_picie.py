@@ -1,0 +1,201 @@
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from pixcontrast.modules.picie import PiCIE
+
+CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
+HAS_KMEANS_REFRESH = (Path(__file__).resolve().parents[2] / "pixcontrast" / "callbacks" / "kmeans.py").exists()
+needs_kmeans_refresh = pytest.mark.skipif(not HAS_KMEANS_REFRESH, reason="pixcontrast.callbacks.kmeans not written yet")
+
+
+def _batch(batch_size: int = 2, size: int = 32, seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "image1": torch.randn(batch_size, 3, size, size, generator=generator),
+        "image2": torch.randn(batch_size, 3, size, size, generator=generator),
+        "geometry": torch.tensor([[0.1, 0.0, 0.8, 0.7, 1.0], [0.0, 0.0, 1.0, 1.0, 0.0]])[:batch_size],
+    }
+
+
+def _model(**kwargs) -> PiCIE:
+    torch.manual_seed(0)
+    return PiCIE(**{"num_classes": 3, "num_clusters": 4, "feature_dim": 16, **kwargs})
+
+
+def _fit_centroids(model: PiCIE, batch: dict) -> None:
+    features = model.cluster_features(batch)
+    model.set_centroids({key: value[:: max(1, len(value) // count)][:count] for key, value, count in
+                         ((k, features[k], c) for k, c in model.cluster_counts().items())})
+
+
+def test_cluster_hooks_shapes_and_keys():
+    model = _model(over_clusters=6)
+    assert model.cluster_counts() == {"view1": 4, "view2": 4, "view1_over": 6, "view2_over": 6}
+    features = model.cluster_features(_batch())
+    assert set(features) == set(model.cluster_counts())
+    assert features["view1"].shape == (2 * 8 * 8, 16)
+    assert torch.allclose(features["view1"].norm(dim=1), torch.ones(128), atol=1e-5)
+    assert not model.has_centroids
+    _fit_centroids(model, _batch())
+    assert model.has_centroids and bool(model.clustered)
+    assert torch.allclose(model.centroids("view2_over").norm(dim=1), torch.ones(6), atol=1e-5)
+    assert "centroids_view1" in model.state_dict() and "assignment" in model.state_dict()
+
+
+def test_set_centroids_rejects_wrong_keys_and_shapes():
+    model = _model()
+    with pytest.raises(ValueError, match="keys"):
+        model.set_centroids({"view1": torch.randn(4, 16)})
+    with pytest.raises(ValueError, match="view2"):
+        model.set_centroids({"view1": torch.randn(4, 16), "view2": torch.randn(5, 16)})
+
+
+def test_view_features_align_the_second_view_with_the_first():
+    model = _model().eval()
+    image = torch.randn(1, 3, 32, 32)
+    batch = {"image1": image.flip(-1), "image2": image, "geometry": torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0]])}
+    with torch.no_grad():
+        features1, features2 = model.view_features(batch)
+        direct = model(image).flip(-1)
+    assert torch.allclose(features2, direct, atol=1e-5)
+    assert features1.shape == features2.shape == (1, 16, 8, 8)
+
+
+def test_training_needs_centroids_and_trains_the_network_only():
+    model = _model(over_clusters=6)
+    batch = _batch()
+    with pytest.raises(RuntimeError, match="KMeansRefresh"):
+        model.compute_losses(batch)
+    _fit_centroids(model, batch)
+    losses = model.compute_losses(batch)
+    assert set(losses) >= {"loss", "within_view", "across_view", "over_loss", "clusters_used"}
+    losses["loss"].backward()
+    grads = [p.grad for p in model.network.parameters()]
+    assert all(g is not None for g in grads) and all(torch.isfinite(g).all() for g in grads)
+    assert not any(name.startswith("centroids") for name, _ in model.named_parameters())
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 1e-4
+
+
+def test_clustering_pass_uses_batch_statistics_without_touching_running_statistics():
+    model = _model()
+    batchnorm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = batchnorm.running_mean.clone()
+    model.select_views = lambda: None  # no trainer in this test
+    model.eval()
+    model.on_cluster_start()
+    assert model.training and batchnorm.momentum == 0.0
+    model.cluster_features(_batch())
+    model.on_cluster_end()
+    assert torch.equal(batchnorm.running_mean, before) and batchnorm.momentum == 0.1
+
+
+def test_predict_maps_clusters_to_classes_by_the_last_matching():
+    model = _model().eval()
+    _fit_centroids(model, _batch())
+    images = torch.randn(2, 3, 32, 32)
+    output = model.predict_step({"image": images, "name": ["a", "b"]}, 0)
+    assert output["cluster_map"].shape == (2, 32, 32) and torch.equal(output["label_map"], output["cluster_map"])
+    model.assignment.copy_(torch.tensor([2, -1, 0, 1]))
+    cluster_map, label_map = model.predict_maps(images)
+    assert torch.equal(label_map, torch.tensor([2, 255, 0, 1])[cluster_map])
+    outputs = model.visualization_outputs({"image": images})
+    assert set(outputs) == {"prediction", "cluster_map", "embeddings"}
+
+
+def test_validation_metrics_are_logged_after_clustering():
+    model = _model(over_clusters=6).eval()
+    logged = {}
+    model.log_dict = lambda values, **_: logged.update(values)
+    masks = torch.randint(0, 3, (2, 32, 32))
+    model.validation_step({"image": torch.randn(2, 3, 32, 32), "mask": masks}, 0)  # before clustering: skipped
+    assert model.val_metric.histogram.sum() == 0
+    _fit_centroids(model, _batch())
+    model.validation_step({"image": torch.randn(2, 3, 32, 32), "mask": masks}, 0)
+    model.on_validation_epoch_end()
+    assert {"val/miou", "val/pixel_accuracy", "val/iou_0", "val/over_miou"} <= set(logged)
+    assert (model.assignment >= 0).sum() == 3  # 3 classes matched to 3 of the 4 clusters
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"over_clusters": 4}, "over_clusters"),
+        ({"num_clusters": 1}, "num_clusters"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"class_names": ["a"]}, "class_names"),
+        ({"encoder": "resnet_eighteen"}, "unknown encoder"),
+    ],
+)
+def test_bad_arguments_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _model(**kwargs)
+
+
+def test_batches_without_two_views_are_rejected():
+    with pytest.raises(KeyError, match="PiCIEDataModule"):
+        _model().cluster_features({"image": torch.randn(1, 3, 32, 32)})
+
+
+def _run_config(name: str, tmp_path: Path, extra: list[str]) -> None:
+    from pixcontrast.cli import run_lightning
+
+    run_lightning(
+        ["fit", "--config", str(CONFIGS / name), "--trainer.fast_dev_run=1", "--trainer.logger=false",
+         f"--trainer.default_root_dir={tmp_path}", *extra]
+    )
+
+
+@needs_kmeans_refresh
+def test_synthetic_config_fast_dev_run(tmp_path):
+    _run_config(
+        "synthetic_picie.yaml",
+        tmp_path,
+        ["--data.init_args.datamodule.init_args.num_train=4", "--data.init_args.datamodule.init_args.num_val=2",
+         "--data.init_args.datamodule.init_args.batch_size=2", "--data.init_args.datamodule.init_args.image_size=32",
+         "--data.init_args.view_size=32", "--data.init_args.input_size=32", "--data.init_args.eval_size=32"],
+    )
+
+
+def _dataset_layouts():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "data" / "dataset_layouts.py"
+    spec = importlib.util.spec_from_file_location("dataset_layouts", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_kmeans_refresh
+@pytest.mark.parametrize("name, writer", [("cocostuff27_picie.yaml", "make_coco_stuff"),
+                                          ("cityscapes27_picie.yaml", "make_cityscapes")])
+def test_real_dataset_configs_fast_dev_run_on_official_layouts(name, writer, tmp_path):
+    root = getattr(_dataset_layouts(), writer)(tmp_path / "data", counts={"train": 2, "val": 2})
+    _run_config(
+        name,
+        tmp_path,
+        [f"--data.init_args.datamodule.init_args.root={root}", "--data.init_args.datamodule.init_args.batch_size=2",
+         "--data.init_args.datamodule.init_args.eval_batch_size=2", "--data.init_args.datamodule.init_args.num_workers=0",
+         "--data.init_args.view_size=32", "--data.init_args.input_size=32", "--data.init_args.eval_size=32"],
+    )
+
+
+@pytest.mark.parametrize("name", ["synthetic_picie.yaml", "cocostuff27_picie.yaml", "cityscapes27_picie.yaml"])
+def test_configs_name_the_paper_settings(name):
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    model = config["model"]["init_args"]
+    assert config["model"]["class_path"] == "pixcontrast.modules.PiCIE"
+    assert config["data"]["class_path"] == "pixcontrast.data.PiCIEDataModule"
+    callbacks = [c["class_path"] for c in config["trainer"]["callbacks"]]
+    assert "pixcontrast.callbacks.KMeansRefresh" in callbacks
+    if name != "synthetic_picie.yaml":
+        assert model["num_clusters"] == 27 and model["encoder"] == "resnet18"
+        assert config["trainer"]["max_epochs"] == 10
+        assert config["data"]["init_args"]["input_size"] == 320 and config["data"]["init_args"]["eval_size"] == 320
+        assert config["data"]["init_args"]["datamodule"]["init_args"]["label_set"] == "27"
+        assert model["lr"] == (1e-4 if name.startswith("coco") else 1e-3)
