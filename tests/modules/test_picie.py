@@ -1,3 +1,5 @@
+"""PiCIE module: cluster hooks, view alignment, training, evaluation and prediction."""
+
 from pathlib import Path
 
 import pytest
@@ -8,8 +10,6 @@ import yaml
 from pixcontrast.modules.picie import PiCIE
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
-HAS_KMEANS_REFRESH = (Path(__file__).resolve().parents[2] / "pixcontrast" / "callbacks" / "kmeans.py").exists()
-needs_kmeans_refresh = pytest.mark.skipif(not HAS_KMEANS_REFRESH, reason="pixcontrast.callbacks.kmeans not written yet")
 
 
 def _batch(batch_size: int = 2, size: int = 32, seed: int = 0) -> dict:
@@ -139,50 +139,6 @@ def test_bad_arguments_are_rejected(kwargs, message):
 def test_batches_without_two_views_are_rejected():
     with pytest.raises(KeyError, match="PiCIEDataModule"):
         _model().cluster_features({"image": torch.randn(1, 3, 32, 32)})
-
-
-def _run_config(name: str, tmp_path: Path, extra: list[str]) -> None:
-    from pixcontrast.cli import run_lightning
-
-    run_lightning(
-        ["fit", "--config", str(CONFIGS / name), "--trainer.fast_dev_run=1", "--trainer.logger=false",
-         f"--trainer.default_root_dir={tmp_path}", *extra]
-    )
-
-
-@needs_kmeans_refresh
-def test_synthetic_config_fast_dev_run(tmp_path):
-    _run_config(
-        "synthetic_picie.yaml",
-        tmp_path,
-        ["--data.init_args.datamodule.init_args.num_train=4", "--data.init_args.datamodule.init_args.num_val=2",
-         "--data.init_args.datamodule.init_args.batch_size=2", "--data.init_args.datamodule.init_args.image_size=32",
-         "--data.init_args.view_size=32", "--data.init_args.input_size=32", "--data.init_args.eval_size=32"],
-    )
-
-
-def _dataset_layouts():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "data" / "dataset_layouts.py"
-    spec = importlib.util.spec_from_file_location("dataset_layouts", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@needs_kmeans_refresh
-@pytest.mark.parametrize("name, writer", [("cocostuff27_picie.yaml", "make_coco_stuff"),
-                                          ("cityscapes27_picie.yaml", "make_cityscapes")])
-def test_real_dataset_configs_fast_dev_run_on_official_layouts(name, writer, tmp_path):
-    root = getattr(_dataset_layouts(), writer)(tmp_path / "data", counts={"train": 2, "val": 2})
-    _run_config(
-        name,
-        tmp_path,
-        [f"--data.init_args.datamodule.init_args.root={root}", "--data.init_args.datamodule.init_args.batch_size=2",
-         "--data.init_args.datamodule.init_args.eval_batch_size=2", "--data.init_args.datamodule.init_args.num_workers=0",
-         "--data.init_args.view_size=32", "--data.init_args.input_size=32", "--data.init_args.eval_size=32"],
-    )
 
 
 @pytest.mark.parametrize("name", ["synthetic_picie.yaml", "cocostuff27_picie.yaml", "cityscapes27_picie.yaml"])
