@@ -86,6 +86,8 @@ class HRNetV2Encoder(Encoder):
 
     Returns ``[branch1, branch2, branch3, branch4, concat]``; decode and auxiliary heads both read ``concat``
     (HRNet-W48: 48 + 96 + 192 + 384 = 720 channels at stride 4). The stride is fixed by the architecture.
+    HRNet's fusion needs sizes divisible by 32: other sizes (e.g. 520 x 520 crops, whole PASCAL images) are
+    zero-padded at the bottom/right and each branch is cropped back to ``ceil(size / reduction)``.
     """
 
     def __init__(self, name: str, pretrained: bool = False, weights_path: str | Path | None = None) -> None:
@@ -100,7 +102,15 @@ class HRNetV2Encoder(Encoder):
         self.head_index = self.aux_index = len(branch_channels)
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        branches = list(self.model(images))
+        height, width = images.shape[-2:]
+        divisor = max(self.reductions)
+        pad_h, pad_w = -height % divisor, -width % divisor
+        branches = list(self.model(F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images))
+        if pad_h or pad_w:
+            branches = [
+                branch[..., : -(-height // reduction), : -(-width // reduction)]
+                for branch, reduction in zip(branches, self.reductions)
+            ]
         size = branches[0].shape[-2:]
         upsampled = [branches[0]] + [
             F.interpolate(branch, size=size, mode="bilinear", align_corners=False) for branch in branches[1:]

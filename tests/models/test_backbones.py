@@ -75,3 +75,12 @@ def test_unknown_encoder_lists_close_matches():
 def test_bad_output_stride():
     with pytest.raises(ValueError, match="output_stride"):
         build_encoder("resnet18", output_stride=4)
+
+
+@pytest.mark.parametrize("size", [(48, 72), (65, 33)])
+def test_hrnet_takes_sizes_not_divisible_by_32(size):
+    encoder = build_encoder("hrnet_w18_small").eval()
+    with torch.no_grad():
+        features = encoder(torch.randn(1, 3, *size))
+    for feature, reduction in zip(features, encoder.reductions):
+        assert tuple(feature.shape[-2:]) == (-(-size[0] // reduction), -(-size[1] // reduction))
