@@ -53,7 +53,7 @@ def overrides(config: dict, tmp_path: Path) -> list[str]:
         root = dataset_root(data["class_path"], tmp_path)
         args += [f"{prefix}.batch_size=2", f"{prefix}.num_workers=0"]
         if root is not None:
-            args += [f"{prefix}.crop_size=[32, 64]"]
+            args += [f"{prefix}.crop_size=[36, 68]"]  # not a multiple of 32, as 520 x 520
     if root is not None:
         args += [f"{prefix}.root={root}", *REAL_DATA_CPU]
     return args
