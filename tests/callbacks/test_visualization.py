@@ -199,9 +199,6 @@ def test_module_without_hook_fails_early(tmp_path):
         SegmentationVisualizer().setup(_fake_trainer(tmp_path, True), module, "fit")
 
 
-@pytest.mark.skipif(
-    os.environ.get("PIXCONTRAST_DDP_TESTS") != "1", reason="two-process DDP run (~30-80 s); set PIXCONTRAST_DDP_TESTS=1"
-)
 def test_ddp_two_processes_only_rank_zero_writes(tmp_path):
     start = time.perf_counter()
     markers = tmp_path / "markers"
