@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pixcontrast.data.files import FileSegmentationDataModule, FileSegmentationDataset
 from pixcontrast.data.io import missing_files
@@ -56,40 +57,12 @@ class CityscapesDataModule(FileSegmentationDataModule):
         self,
         root: str,
         label_set: str = "19",
-        batch_size: int = 8,
-        num_workers: int = 0,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        drop_last: bool = True,
-        eval_batch_size: int | None = None,
+        *,
         crop_size: tuple[int, int] = (512, 1024),
-        scale_range: tuple[float, float] | None = (0.5, 2.0),
-        hflip: bool = True,
-        photometric: bool = False,
-        eval_resize: int | None = None,
-        eval_crop: tuple[int, int] | None = None,
         extra_train_splits: Sequence[str] = (),
-        train_transform: Callable | None = None,
-        eval_transform: Callable | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root,
-            label_set,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            drop_last=drop_last,
-            eval_batch_size=eval_batch_size,
-            crop_size=crop_size,
-            scale_range=scale_range,
-            hflip=hflip,
-            photometric=photometric,
-            eval_resize=eval_resize,
-            eval_crop=eval_crop,
-            train_transform=train_transform,
-            eval_transform=eval_transform,
-        )
+        super().__init__(root, label_set, crop_size=crop_size, **kwargs)
         self.extra_train_splits = list(extra_train_splits)
 
     def _images(self, split: str) -> list[Path]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,42 +66,16 @@ class COCOStuffDataModule(FileSegmentationDataModule):
         self,
         root: str,
         label_set: str = "171",
+        *,
         batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        drop_last: bool = True,
         eval_batch_size: int | None = 1,
         crop_size: tuple[int, int] = (512, 512),
-        scale_range: tuple[float, float] | None = (0.5, 2.0),
-        hflip: bool = True,
-        photometric: bool = False,
-        eval_resize: int | None = None,
-        eval_crop: tuple[int, int] | None = None,
         variant: str = "164k",
         train_image_list: str | None = None,
         val_image_list: str | None = None,
-        train_transform: Callable | None = None,
-        eval_transform: Callable | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root,
-            label_set,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            drop_last=drop_last,
-            eval_batch_size=eval_batch_size,
-            crop_size=crop_size,
-            scale_range=scale_range,
-            hflip=hflip,
-            photometric=photometric,
-            eval_resize=eval_resize,
-            eval_crop=eval_crop,
-            train_transform=train_transform,
-            eval_transform=eval_transform,
-        )
+        super().__init__(root, label_set, batch_size=batch_size, eval_batch_size=eval_batch_size, crop_size=crop_size, **kwargs)
         if variant not in VARIANTS:
             raise ValueError(f"COCO-Stuff: unknown variant {variant!r}; choose one of {list(VARIANTS)}")
         self.variant = variant

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pixcontrast.data.files import FileSegmentationDataModule, FileSegmentationDataset
 from pixcontrast.data.io import read_id_list
@@ -56,39 +56,13 @@ class PascalContextDataModule(FileSegmentationDataModule):
         self,
         root: str,
         label_set: str = "59",
+        *,
         batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        drop_last: bool = True,
         eval_batch_size: int | None = 1,
         crop_size: tuple[int, int] = (480, 480),
-        scale_range: tuple[float, float] | None = (0.5, 2.0),
-        hflip: bool = True,
-        photometric: bool = False,
-        eval_resize: int | None = None,
-        eval_crop: tuple[int, int] | None = None,
-        train_transform: Callable | None = None,
-        eval_transform: Callable | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root,
-            label_set,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            drop_last=drop_last,
-            eval_batch_size=eval_batch_size,
-            crop_size=crop_size,
-            scale_range=scale_range,
-            hflip=hflip,
-            photometric=photometric,
-            eval_resize=eval_resize,
-            eval_crop=eval_crop,
-            train_transform=train_transform,
-            eval_transform=eval_transform,
-        )
+        super().__init__(root, label_set, batch_size=batch_size, eval_batch_size=eval_batch_size, crop_size=crop_size, **kwargs)
 
     def build_dataset(self, split: str) -> FileSegmentationDataset:
         voc = find_voc_root(self.root)
