@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -87,12 +87,6 @@ class FileSegmentationDataModule(SegmentationDataModule):
         self,
         root: str,
         label_set: str,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        drop_last: bool = True,
-        eval_batch_size: int | None = None,
         crop_size: tuple[int, int] = (512, 512),
         scale_range: tuple[float, float] | None = (0.5, 2.0),
         hflip: bool = True,
@@ -101,15 +95,9 @@ class FileSegmentationDataModule(SegmentationDataModule):
         eval_crop: tuple[int, int] | None = None,
         train_transform: Callable | None = None,
         eval_transform: Callable | None = None,
+        **loader_options: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            drop_last=drop_last,
-            eval_batch_size=eval_batch_size,
-        )
+        super().__init__(**loader_options)
         self.root = Path(root).expanduser()
         self.label_set = check_label_set(self.dataset_name, label_set, self.label_sets)
         # Built now so that bad options fail at construction, before any data is touched.

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -408,14 +408,9 @@ class SyntheticScenesDataModule(SegmentationDataModule):
         num_val: int = 64,
         num_test: int = 64,
         seed: int = 0,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        drop_last: bool = True,
-        eval_batch_size: int | None = None,
+        **loader_options: Any,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, eval_batch_size)
+        super().__init__(**loader_options)
         check_num_classes(num_classes)
         _image_hw(image_size)
         for name, count in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
