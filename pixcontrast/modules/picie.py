@@ -237,9 +237,11 @@ class PiCIE(L.LightningModule):
         if not self.has_centroids:
             return  # e.g. the sanity check before the first clustering pass
         images, masks = batch["image"], batch["mask"]
-        getattr(self, f"{stage}_metric").update(self.cluster_logits(images), masks)
+        features = self(images)  # one forward pass for both heads
+        getattr(self, f"{stage}_metric").update(self.cluster_logits(images, features=features), masks)
         if self.hparams.over_clusters is not None:
-            getattr(self, f"{stage}_over_metric").update(self.cluster_logits(images, "view1_over"), masks)
+            over_logits = self.cluster_logits(images, "view1_over", features=features)
+            getattr(self, f"{stage}_over_metric").update(over_logits, masks)
 
     def _log_epoch_metrics(self, stage: str) -> None:
         if not self.has_centroids:
@@ -278,10 +280,9 @@ class PiCIE(L.LightningModule):
         clusters); before any validation it equals ``cluster_map``.
         """
         cluster_map = self.cluster_logits(images, features=features).argmax(dim=1)
-        if not bool((self.assignment >= 0).any()):
-            return cluster_map, cluster_map
-        lookup = torch.where(self.assignment >= 0, self.assignment, self.hparams.ignore_index)
-        return cluster_map, lookup[cluster_map]
+        matched = self.assignment >= 0
+        lookup = torch.where(matched, self.assignment, self.hparams.ignore_index)
+        return cluster_map, torch.where(matched.any(), lookup[cluster_map], cluster_map)  # no host sync
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         """``label_map`` and ``cluster_map`` (``B x H x W``) with ``name`` and ``image``, for the prediction writer."""
