@@ -12,6 +12,8 @@ from pixcontrast.losses.picie import (
 from pixcontrast.losses.pixel_contrast import (
     PixelContrastLoss,
     downsample_labels,
+    gather_pixels,
+    sample_anchor_pixels,
     sample_anchors,
     supervised_contrastive_loss,
 )
@@ -26,6 +28,8 @@ __all__ = [
     "PixelContrastLoss",
     "PixelMemoryBank",
     "downsample_labels",
+    "gather_pixels",
+    "sample_anchor_pixels",
     "sample_anchors",
     "supervised_contrastive_loss",
 ]

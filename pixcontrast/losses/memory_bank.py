@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixcontrast.losses.pixel_contrast import all_gather_padded, downsample_labels, is_distributed, random_group_sort
+from pixcontrast.losses.pixel_contrast import (
+    all_gather_padded,
+    downsample_labels,
+    gather_pixels,
+    is_distributed,
+    random_group_sort,
+)
 
 __all__ = ["PixelMemoryBank"]
 
@@ -46,6 +52,9 @@ class PixelMemoryBank(nn.Module):
         mining_fraction: fraction of nearest negatives / farthest positives to sample from.
         num_hard_positives: positives kept per anchor when mining.
         num_hard_negatives: negatives kept per anchor when mining.
+        segment_pixels: for :meth:`sample_pixels` / :meth:`enqueue_samples` (the path that embeds sampled
+            pixels only, used by :class:`PixelContrastLoss` with a ``projection``): the segment row is the mean
+            over at most this many random pixels of the segment. :meth:`enqueue` always averages all pixels.
     """
 
     def __init__(
@@ -60,11 +69,12 @@ class PixelMemoryBank(nn.Module):
         mining_fraction: float = 0.1,
         num_hard_positives: int = 1024,
         num_hard_negatives: int = 2048,
+        segment_pixels: int = 64,
     ) -> None:
         super().__init__()
         for name, value in [("num_classes", num_classes), ("dim", dim), ("memory_size", memory_size),
                             ("pixels_per_image", pixels_per_image), ("num_hard_positives", num_hard_positives),
-                            ("num_hard_negatives", num_hard_negatives)]:
+                            ("num_hard_negatives", num_hard_negatives), ("segment_pixels", segment_pixels)]:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not 0 < mining_fraction <= 1:
@@ -79,6 +89,7 @@ class PixelMemoryBank(nn.Module):
         self.mining_fraction = mining_fraction
         self.num_hard_positives = num_hard_positives
         self.num_hard_negatives = num_hard_negatives
+        self.segment_pixels = segment_pixels
         # queue[k, 0] is class k's pixel queue, queue[k, 1] its segment queue.
         self.register_buffer("queue", torch.zeros(num_classes, 2, memory_size, dim))
         self.register_buffer("pointer", torch.zeros(num_classes, 2, dtype=torch.long))
@@ -145,6 +156,8 @@ class PixelMemoryBank(nn.Module):
     def enqueue(self, embeddings: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:
         """Write a batch into the queues (detached; all-gathered first under DDP if ``gather_distributed``).
 
+        Segment rows are the mean over all pixels of the segment.
+
         Args:
             embeddings: ``B x dim x h x w`` pixel embeddings.
             labels: ``B x H x W`` (or ``B x h x w``) ground truth, nearest-downsampled to ``h x w``.
@@ -152,42 +165,84 @@ class PixelMemoryBank(nn.Module):
         """
         if embeddings.dim() != 4 or embeddings.shape[1] != self.dim:
             raise ValueError(f"embeddings must be B x {self.dim} x h x w, got shape {tuple(embeddings.shape)}")
-        if labels.dim() != 3 or labels.shape[0] != embeddings.shape[0]:
-            raise ValueError(f"labels must be B x H x W with B = {embeddings.shape[0]}, got {tuple(labels.shape)}")
+        codes = self._class_codes(labels, embeddings.shape[0], tuple(embeddings.shape[-2:]))
+        pixel, valid = self._pick(codes, self.pixels_per_image, generator)
+        image = torch.arange(embeddings.shape[0], device=codes.device)[:, None, None]
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            rows = self._new_rows(embeddings.detach().to(self.queue.dtype), labels, generator)
-            pixels, pixel_valid, segments, segment_valid = rows
-            if self.gather_distributed and is_distributed():
-                (pixels, pixel_valid, segments, segment_valid), _ = all_gather_padded(
-                    [pixels, pixel_valid, segments, segment_valid], [0.0, 0, 0.0, 0]
-                )
-            k = self.num_classes  # rows per class in (rank, image, pick) order
-            pixels, pixel_valid = pixels.transpose(0, 1).reshape(k, -1, self.dim), pixel_valid.transpose(0, 1)
-            self._write(0, pixels, pixel_valid.reshape(k, -1))
-            self._write(1, segments.transpose(0, 1), segment_valid.transpose(0, 1))
+            flat = embeddings.detach().to(self.queue.dtype)
+            pixels = gather_pixels(flat, image, pixel)  # B x K x n x D
+            one_hot = F.one_hot(codes, self.num_classes + 1)[..., : self.num_classes].to(flat.dtype)  # B x P x K
+            segments = torch.bmm(flat.flatten(2), one_hot).transpose(1, 2)  # B x K x D sums
+            self._store(pixels, valid, segments, valid[..., 0])
 
-    def _new_rows(
-        self, embeddings: Tensor, labels: Tensor, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Candidate rows of a batch: pixels ``B x K x n x D`` (+ valid mask), segments ``B x K x D`` (+ mask)."""
-        batch, dim, height, width = embeddings.shape
-        k, n = self.num_classes, self.pixels_per_image
-        flat = embeddings.flatten(2)  # B x D x P
-        lab = downsample_labels(labels, (height, width)).flatten(1)
-        valid = (lab != self.ignore_index) & (lab >= 0) & (lab < k)
-        codes = torch.where(valid, lab, k)
+    def sample_pixels(self, labels: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Pixels to enqueue, for callers that embed only the pixels they need (then :meth:`enqueue_samples`).
+
+        Per image and class, up to ``max(pixels_per_image, segment_pixels)`` distinct random pixels of the
+        class. Returns ``(pixel, valid)``, both ``B x num_classes x S``: flat pixel indices ``y * w + x`` into
+        the ``h x w`` map of ``labels`` and whether each slot holds a pixel of the class (valid slots come
+        first).
+
+        Args:
+            labels: ``B x h x w`` ground truth at the embedding resolution.
+            generator: optional ``torch.Generator`` on the labels' device.
+        """
+        if labels.dim() != 3:
+            raise ValueError(f"labels must be B x h x w, got shape {tuple(labels.shape)}")
+        codes = self._class_codes(labels, labels.shape[0], tuple(labels.shape[-2:]))
+        return self._pick(codes, max(self.pixels_per_image, self.segment_pixels), generator)
+
+    @torch.no_grad()
+    def enqueue_samples(self, samples: Tensor, valid: Tensor) -> None:
+        """Write embedded pixel samples from :meth:`sample_pixels` into the queues (detached).
+
+        ``samples`` is ``B x num_classes x S x dim``, ``valid`` ``B x num_classes x S``. The first
+        ``pixels_per_image`` valid samples of each (image, class) go to the pixel queue, and the normalised
+        mean of all its valid samples (at most ``segment_pixels`` pixels of the segment) to the segment queue.
+        """
+        if samples.dim() != 4 or samples.shape[1] != self.num_classes or samples.shape[-1] != self.dim:
+            raise ValueError(
+                f"samples must be B x {self.num_classes} x S x {self.dim}, got shape {tuple(samples.shape)}"
+            )
+        if valid.shape != samples.shape[:3]:
+            raise ValueError(f"valid must be B x {self.num_classes} x S = {tuple(samples.shape[:3])}")
+        with torch.autocast(device_type=samples.device.type, enabled=False):
+            samples = samples.detach().to(self.queue.dtype)
+            segments = (samples * valid[..., None]).sum(2)  # B x K x D sums
+            n = self.pixels_per_image
+            self._store(samples[:, :, :n], valid[:, :, :n], segments, valid[..., 0])
+
+    def _class_codes(self, labels: Tensor, batch: int, size: tuple[int, int]) -> Tensor:
+        """``B x P`` class id of every pixel at ``size``, or ``num_classes`` where it is not enqueued."""
+        if labels.dim() != 3 or labels.shape[0] != batch:
+            raise ValueError(f"labels must be B x H x W with B = {batch}, got {tuple(labels.shape)}")
+        lab = downsample_labels(labels, size).flatten(1)
+        valid = (lab != self.ignore_index) & (lab >= 0) & (lab < self.num_classes)
+        return torch.where(valid, lab, self.num_classes)
+
+    def _pick(self, codes: Tensor, count: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Up to ``count`` random pixels per image and class: indices and validity, ``B x K x count``."""
+        batch, num_pixels = codes.shape
         sorted_codes, order = random_group_sort(codes, generator)
-        classes = torch.arange(k, device=lab.device).expand(batch, k).contiguous()
+        classes = torch.arange(self.num_classes, device=codes.device).expand(batch, -1).contiguous()
         start = torch.searchsorted(sorted_codes, classes)
-        count = torch.searchsorted(sorted_codes, classes, right=True) - start  # B x K pixels per class
-        slot = torch.arange(n, device=lab.device)
-        position = (start[..., None] + slot).clamp(max=max(lab.shape[1] - 1, 0)).flatten(1)
-        pixel = order.gather(1, position).view(batch, k, n)
-        image = torch.arange(batch, device=lab.device)[:, None, None]
-        pixels = F.normalize(flat[image, :, pixel], dim=-1)  # B x K x n x D
-        one_hot = F.one_hot(codes, k + 1)[..., :k].to(flat.dtype)  # B x P x K
-        segments = F.normalize(torch.bmm(flat, one_hot).transpose(1, 2), dim=-1)  # B x K x D
-        return pixels, slot < count[..., None], segments, count > 0
+        size = torch.searchsorted(sorted_codes, classes, right=True) - start  # B x K pixels per class
+        slot = torch.arange(count, device=codes.device)
+        position = (start[..., None] + slot).clamp(max=max(num_pixels - 1, 0)).flatten(1)
+        pixel = order.gather(1, position).view(batch, self.num_classes, count)
+        return pixel, slot < size[..., None]
+
+    def _store(self, pixels: Tensor, pixel_valid: Tensor, segments: Tensor, segment_valid: Tensor) -> None:
+        """Normalise and ring-write new rows: pixels ``B x K x n x D`` and segment sums ``B x K x D``."""
+        pixels, segments = F.normalize(pixels, dim=-1), F.normalize(segments, dim=-1)
+        if self.gather_distributed and is_distributed():
+            (pixels, pixel_valid, segments, segment_valid), _ = all_gather_padded(
+                [pixels, pixel_valid, segments, segment_valid], [0.0, 0, 0.0, 0]
+            )
+        k = self.num_classes  # rows per class in (rank, image, pick) order
+        pixels, pixel_valid = pixels.transpose(0, 1).reshape(k, -1, self.dim), pixel_valid.transpose(0, 1)
+        self._write(0, pixels, pixel_valid.reshape(k, -1))
+        self._write(1, segments.transpose(0, 1), segment_valid.transpose(0, 1))
 
     def _write(self, which: int, rows: Tensor, valid: Tensor) -> None:
         """Ring-write the valid rows of ``rows`` (``K x R x D``, in order) into queue ``which`` of each class.
@@ -216,5 +271,5 @@ class PixelMemoryBank(nn.Module):
         return (
             f"num_classes={self.num_classes}, dim={self.dim}, memory_size={self.memory_size}, "
             f"pixels_per_image={self.pixels_per_image}, gather_distributed={self.gather_distributed}, "
-            f"hard_mining={self.hard_mining}"
+            f"hard_mining={self.hard_mining}, segment_pixels={self.segment_pixels}"
         )

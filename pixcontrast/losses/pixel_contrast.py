@@ -1,12 +1,14 @@
 """Supervised pixel contrast (Wang et al., ICCV 2021): hard anchor sampling and the contrastive loss.
 
 Everything here is pure torch, device-agnostic and vectorised: no Python loop runs over images, classes or
-pixels, and one call reads exactly one number back from the device (the number of anchor groups, which fixes
-the number of views per group).
+pixels. Sampling reads exactly one number back from the device (the number of anchor groups, which fixes the
+number of views per group); projecting only the sampled pixels with a memory bank reads one more (the number of
+new memory pixels).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,7 +19,14 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from pixcontrast.losses.memory_bank import PixelMemoryBank
 
-__all__ = ["sample_anchors", "supervised_contrastive_loss", "PixelContrastLoss", "downsample_labels"]
+__all__ = [
+    "PixelContrastLoss",
+    "downsample_labels",
+    "gather_pixels",
+    "sample_anchor_pixels",
+    "sample_anchors",
+    "supervised_contrastive_loss",
+]
 
 LABEL_LIMIT = 1 << 20
 """Class ids must lie in ``[0, LABEL_LIMIT)`` (any other value must be the ignore index)."""
@@ -56,7 +65,7 @@ def random_group_sort(codes: Tensor, generator: torch.Generator | None = None) -
 def _check_generator(generator: torch.Generator | None, device: torch.device) -> None:
     if generator is not None and generator.device.type != device.type:
         raise ValueError(
-            f"generator is on {generator.device} but the embeddings are on {device}; "
+            f"generator is on {generator.device} but the maps are on {device}; "
             f"create it with torch.Generator(device={str(device)!r})"
         )
 
@@ -76,16 +85,15 @@ def _check_maps(embeddings: Tensor, labels: Tensor, predictions: Tensor, label_s
         raise ValueError("labels and predictions must be integer class ids (e.g. torch.long), not floats")
 
 
-def sample_anchors(
-    embeddings: Tensor,
+def sample_anchor_pixels(
     labels: Tensor,
     predictions: Tensor,
     max_samples: int = 1024,
     max_views: int = 100,
     ignore_index: int = 255,
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Hard anchor sampling of the paper, vectorised over images and classes.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Hard anchor sampling of the paper on label maps alone, vectorised over images and classes.
 
     Each (image, class) pair whose class (not ``ignore_index``) covers more than ``max_views`` pixels forms a
     group; groups are ordered by image, then class id. With ``A`` groups every group gives
@@ -96,38 +104,37 @@ def sample_anchors(
     easy and ``n_view - ne`` hard, else all ``nh`` hard and ``n_view - nh`` easy. Picks are uniform without
     replacement: one random key per pixel (``torch.randint(0, 2**40, (B, h * w), generator=generator)``), and
     each group keeps the hard (easy) pixels with the smallest keys, ties broken by pixel index.
-
-    Embeddings are gathered straight from the ``B x D x h x w`` map (no permuted copy); the one host sync
-    reads ``A``.
+    The one host sync reads ``A``.
 
     Args:
-        embeddings: ``B x D x h x w`` pixel embeddings (any float dtype; kept as is).
         labels: ``B x h x w`` integer ground truth at the embedding resolution, class ids in
             ``[0, 2**20)`` or ``ignore_index``.
         predictions: ``B x h x w`` predicted class ids at the embedding resolution.
         max_samples: budget of sampled pixels over the batch.
         max_views: most views per group; also the pixel count a class must exceed to form a group.
         ignore_index: label of unlabelled pixels.
-        generator: optional ``torch.Generator`` on the embeddings' device.
+        generator: optional ``torch.Generator`` on the labels' device.
 
     Returns:
-        ``(anchors, anchor_labels)``: ``A x n_view x D`` embeddings and ``A`` int64 class ids
-        (``0 x 0 x D`` and ``0`` when no group qualifies; the anchors stay connected to the graph).
+        ``(image, pixel, anchor_labels)``: the image of each group (``A``), the flat pixel index
+        (``y * w + x``) of each view (``A x n_view``) and each group's class id (``A``), all int64
+        (``0``, ``0 x 0`` and ``0`` when no group qualifies). :func:`gather_pixels` reads the views from a map.
     """
-    _check_maps(embeddings, labels, predictions, "B x h x w (labels at the embedding resolution)")
-    if labels.shape != predictions.shape:
+    if labels.dim() != 3 or labels.shape != predictions.shape:
         raise ValueError(
-            f"labels must have the embedding resolution {tuple(predictions.shape)}, got {tuple(labels.shape)}; "
-            "PixelContrastLoss (or downsample_labels) resizes full-resolution labels"
+            f"labels must be B x h x w at the embedding resolution {tuple(predictions.shape)}, got "
+            f"{tuple(labels.shape)}; PixelContrastLoss (or downsample_labels) resizes full-resolution labels"
         )
+    if labels.is_floating_point() or predictions.is_floating_point():
+        raise ValueError("labels and predictions must be integer class ids (e.g. torch.long), not floats")
     if max_samples < 1 or max_views < 1:
         raise ValueError(f"max_samples and max_views must be >= 1, got {max_samples} and {max_views}")
-    _check_generator(generator, embeddings.device)
-    batch, dim = embeddings.shape[:2]
+    _check_generator(generator, labels.device)
+    batch = labels.shape[0]
     num_pixels = labels[0].numel() if batch else 0
-    flat = embeddings.flatten(2)  # B x D x P, a view for contiguous and channels-last maps
     if batch == 0 or num_pixels == 0:
-        return flat[:0, :0].reshape(0, 0, dim), labels.new_zeros(0, dtype=torch.long)
+        empty = labels.new_zeros(0, dtype=torch.long)
+        return empty, empty.view(0, 0), empty
 
     lab = labels.reshape(batch, num_pixels).long()
     pred = predictions.reshape(batch, num_pixels).long()
@@ -156,7 +163,8 @@ def sample_anchors(
             "map unlabelled pixels to ignore_index"
         )
     if num_groups == 0:
-        return flat[:0, :0].reshape(0, 0, dim), lab.new_zeros(0)
+        empty = lab.new_zeros(0)
+        return empty, empty.view(0, 0), empty
     n_view = max(1, min(max_samples // num_groups, max_views))
 
     # Compact the eligible runs (image-major, class order) without a second sync.
@@ -175,8 +183,47 @@ def sample_anchors(
     view = torch.arange(n_view, device=lab.device)
     offset = torch.where(view < keep_hard[:, None], view, n_hard[:, None] + view - keep_hard[:, None])
     pixel = order[image[:, None], start[:, None] + offset]  # A x n_view
-    anchors = flat[image[:, None], :, pixel]  # A x n_view x D
-    return anchors, run_class[image, run]
+    return image, pixel, run_class[image, run]
+
+
+def gather_pixels(maps: Tensor, image: Tensor, pixel: Tensor) -> Tensor:
+    """Rows of ``maps`` (``B x C x h x w``) at the given pixels, without a permuted copy of the map.
+
+    ``image`` and ``pixel`` (flat index ``y * w + x``) broadcast together to a shape ``S``; returns
+    ``S x C``, connected to the graph of ``maps``.
+    """
+    return maps.flatten(2)[image, :, pixel]
+
+
+def sample_anchors(
+    embeddings: Tensor,
+    labels: Tensor,
+    predictions: Tensor,
+    max_samples: int = 1024,
+    max_views: int = 100,
+    ignore_index: int = 255,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Hard anchor sampling of the paper (:func:`sample_anchor_pixels`), then the anchors' embeddings.
+
+    Embeddings are gathered straight from the ``B x D x h x w`` map (no permuted copy); the one host sync
+    reads the number of groups ``A``.
+
+    Args:
+        embeddings: ``B x D x h x w`` pixel embeddings (any float dtype; kept as is).
+        labels, predictions, max_samples, max_views, ignore_index: as in :func:`sample_anchor_pixels`.
+        generator: optional ``torch.Generator`` on the embeddings' device.
+
+    Returns:
+        ``(anchors, anchor_labels)``: ``A x n_view x D`` embeddings and ``A`` int64 class ids
+        (``0 x 0 x D`` and ``0`` when no group qualifies; the anchors stay connected to the graph).
+    """
+    _check_maps(embeddings, labels, predictions, "B x h x w (labels at the embedding resolution)")
+    _check_generator(generator, embeddings.device)
+    image, pixel, anchor_labels = sample_anchor_pixels(
+        labels, predictions, max_samples, max_views, ignore_index, generator
+    )
+    return gather_pixels(embeddings, image[:, None], pixel), anchor_labels
 
 
 class _ContrastFunction(torch.autograd.Function):
@@ -421,23 +468,37 @@ class PixelContrastLoss(nn.Module):
         labels: Tensor,
         predictions: Tensor,
         generator: torch.Generator | None = None,
+        *,
+        projection: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
         """Loss of a batch.
 
         Args:
-            embeddings: ``B x D x h x w`` pixel embeddings (L2-normalised in the paper).
+            embeddings: ``B x D x h x w`` pixel embeddings (L2-normalised in the paper); with ``projection``,
+                the ``B x C x h x w`` features the projection reads instead.
             labels: ``B x H x W`` ground truth (nearest-downsampled here to ``h x w``).
             predictions: ``B x h x w`` argmax of the segmentation logits at the embedding resolution.
             generator: optional ``torch.Generator`` on the embeddings' device.
+            projection: optional map from pixel features ``N x C`` to embeddings ``N x D``, such as
+                :meth:`ProjectionHead.project_pixels`. Given, only the pixels the loss uses are projected,
+                in one call: the anchors and, when the memory bank is updated, the bank's new pixels (see
+                :meth:`PixelMemoryBank.sample_pixels`). Sampling needs only labels and predictions, so the
+                result equals projecting the whole map first, except that the projection's BatchNorm
+                statistics come from these pixels and segment rows average at most ``segment_pixels`` pixels.
 
         Returns:
             scalar float32 loss (a zero connected to the graph when no anchor has a positive).
         """
         _check_maps(embeddings, labels, predictions, "B x H x W")
+        _check_generator(generator, embeddings.device)
         small = downsample_labels(labels, tuple(embeddings.shape[-2:]))
-        anchors, anchor_labels = sample_anchors(
-            embeddings, small, predictions, self.max_samples, self.max_views, self.ignore_index, generator
+        image, pixel, anchor_labels = sample_anchor_pixels(
+            small, predictions, self.max_samples, self.max_views, self.ignore_index, generator
         )
+        anchors = gather_pixels(embeddings, image[:, None], pixel)  # A x V x C
+        enqueue = self.memory_bank is not None and self.update_memory and self.training
+        if projection is not None:
+            anchors, samples = self._project(projection, embeddings, anchors, small if enqueue else None, generator)
         if self.memory_bank is not None:
             features = anchors.reshape(-1, anchors.shape[-1])
             memory, memory_labels, mask = self.memory_bank.contrast_set(
@@ -447,12 +508,39 @@ class PixelContrastLoss(nn.Module):
                 anchors, anchor_labels, self.temperature, self.base_temperature, memory, memory_labels,
                 memory_mask=mask,
             )
-            if self.update_memory and self.training:
+            if enqueue and projection is not None:
+                self.memory_bank.enqueue_samples(*samples)
+            elif enqueue:
                 self.memory_bank.enqueue(embeddings, labels, generator)
             return loss
         if self.gather_anchors and is_distributed():
             return self._global_loss(anchors, anchor_labels)
         return supervised_contrastive_loss(anchors, anchor_labels, self.temperature, self.base_temperature)
+
+    def _project(
+        self,
+        projection: Callable[[Tensor], Tensor],
+        features: Tensor,
+        anchors: Tensor,
+        labels: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Project the anchor features (``A x V x C``) and, given ``labels``, the memory bank's new pixels.
+
+        Returns the anchor embeddings ``A x V x D`` and, with ``labels``, the bank's ``(samples, valid)``.
+        One projection call covers all rows, so they share the BatchNorm statistics.
+        """
+        num_groups, n_view, channels = anchors.shape
+        rows = anchors.reshape(-1, channels)
+        if labels is None:
+            embedded = projection(rows)
+            return embedded.view(num_groups, n_view, embedded.shape[1]), None
+        pixel, valid = self.memory_bank.sample_pixels(labels, generator)  # B x K x S
+        where = valid.nonzero(as_tuple=True)  # host sync: the number of new memory pixels
+        picked = gather_pixels(features, where[0], pixel[where])  # M x C
+        embedded = projection(torch.cat([rows, picked]))
+        samples = embedded.new_zeros(*valid.shape, embedded.shape[1]).index_put_(where, embedded[rows.shape[0]:])
+        return embedded[: rows.shape[0]].view(num_groups, n_view, embedded.shape[1]), (samples, valid)
 
     def _global_loss(self, anchors: Tensor, anchor_labels: Tensor) -> Tensor:
         features = anchors.reshape(-1, anchors.shape[-1])

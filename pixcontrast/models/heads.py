@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -155,6 +156,7 @@ class ProjectionHead(nn.Module):
     """Pixel-contrast projection: 1x1 conv (C_in -> C_in) -> BN -> ReLU -> 1x1 conv (C_in -> proj_dim), L2-normalised.
 
     ``forward(features B x C_in x h x w) -> embeddings B x proj_dim x h x w`` with unit norm per pixel.
+    :meth:`project_pixels` applies the same function to selected pixels only.
     """
 
     def __init__(self, in_channels: int, proj_dim: int = 256) -> None:
@@ -168,3 +170,27 @@ class ProjectionHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return F.normalize(self.layers(features), p=2, dim=1)
+
+    def project_pixels(self, pixels: Tensor) -> Tensor:
+        """Embeddings of pixel features ``N x C_in`` -> ``N x proj_dim`` (unit rows), pixel by pixel.
+
+        The same layers as :meth:`forward`, run as matrix products on the given rows only. In training the
+        BatchNorm statistics are those of these ``N`` rows (synchronised across ranks by SyncBatchNorm); a
+        single row on one process, which BatchNorm cannot normalise by itself, uses the running statistics.
+        ``N = 0`` gives ``0 x proj_dim``.
+        """
+        (first, norm, activation), last = self.layers
+        hidden = F.linear(pixels, first.weight.flatten(1), first.bias)[:, :, None, None]  # N x C x 1 x 1
+        if norm.training and pixels.shape[0] == 1 and not _is_synchronised(norm):
+            hidden = F.batch_norm(hidden, norm.running_mean, norm.running_var, norm.weight, norm.bias, eps=norm.eps)
+        else:
+            hidden = norm(hidden)
+        embeddings = F.linear(activation(hidden.flatten(1)), last.weight.flatten(1), last.bias)
+        return F.normalize(embeddings, p=2, dim=1)
+
+
+def _is_synchronised(norm: nn.Module) -> bool:
+    """Whether ``norm`` is a SyncBatchNorm that computes its statistics over more than one process."""
+    if not (isinstance(norm, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized()):
+        return False
+    return dist.get_world_size(norm.process_group or dist.group.WORLD) > 1

@@ -17,12 +17,14 @@ class SegmenterOutput(NamedTuple):
     """Training outputs, all at feature resolution h x w (not upsampled).
 
     ``logits`` B x K x h x w; ``aux_logits`` B x K x h x w or None; ``embeddings`` B x proj_dim x h x w
-    (unit norm per pixel) or None.
+    (unit norm per pixel) or None; ``features`` the B x C x h x w map the decode and projection heads read
+    (``ProjectionHead.project_pixels`` embeds selected pixels of it).
     """
 
     logits: Tensor
     aux_logits: Tensor | None
     embeddings: Tensor | None
+    features: Tensor | None = None
 
 
 class SegmentationNetwork(nn.Module):
@@ -122,17 +124,22 @@ class Segmenter(nn.Module):
         """Inference: images B x 3 x H x W -> logits B x K x H x W (no projection head)."""
         return self.network(images)
 
-    def forward_train(self, images: Tensor) -> SegmenterOutput:
-        """Training: images B x 3 x H x W -> :class:`SegmenterOutput` at feature resolution."""
+    def forward_train(self, images: Tensor, embed: bool = True) -> SegmenterOutput:
+        """Training: images B x 3 x H x W -> :class:`SegmenterOutput` at feature resolution.
+
+        ``embed=False`` skips the projection head (``embeddings`` is None), for callers that project selected
+        pixels of ``features`` themselves.
+        """
         features = self.network.encoder(images)
         logits, regions = self.network.decode(features)
         aux_logits = regions
         if self.aux_head is not None:
             aux_logits = self.aux_head(features[self.encoder.aux_index])
         embeddings = None
-        if self.projection_head is not None:
-            embeddings = self.projection_head(features[self.encoder.head_index])
-        return SegmenterOutput(logits, aux_logits, embeddings)
+        head_features = features[self.encoder.head_index]
+        if embed and self.projection_head is not None:
+            embeddings = self.projection_head(head_features)
+        return SegmenterOutput(logits, aux_logits, embeddings, head_features)
 
     def inference_network(self) -> SegmentationNetwork:
         """The network used for inference and export (shares this module's parameters; no training-only heads)."""

@@ -22,6 +22,13 @@ class ContrastiveSegmenter(SegmentationModule):
     loss contrasts with the bank as it was before the batch, then enqueues the batch (in training mode); the
     backward pass does not read the bank, so the in-place update is safe.
     ``gather_anchors=True`` contrasts the anchors of all GPUs together (see :class:`PixelContrastLoss`).
+
+    ``project_sampled_pixels=True`` (default) samples the anchors first (sampling needs only labels and
+    predictions) and runs the projection head on the sampled pixels alone, plus the memory bank's new pixels:
+    the same embeddings for a fraction of the cost, except that the head's BatchNorm statistics come from
+    those pixels and segment rows average at most ``segment_pixels`` random pixels per segment. ``False``
+    projects the whole feature map first, as the reference code does. Before the warm-up ends the head does
+    not run at all (its parameters get zero gradients, so DDP needs no ``find_unused_parameters``).
     All other arguments are those of :class:`SegmentationModule`.
     """
 
@@ -39,6 +46,8 @@ class ContrastiveSegmenter(SegmentationModule):
         memory_size: int = 0,
         pixels_per_image: int = 10,
         gather_anchors: bool = False,
+        project_sampled_pixels: bool = True,
+        segment_pixels: int = 64,
         **kwargs: Any,
     ) -> None:
         if proj_dim < 1:
@@ -47,6 +56,8 @@ class ContrastiveSegmenter(SegmentationModule):
             raise ValueError(f"loss_weight must be >= 0, got {loss_weight}")
         if warmup_steps < 0 or memory_size < 0:
             raise ValueError(f"warmup_steps and memory_size must be >= 0, got {warmup_steps} and {memory_size}")
+        if segment_pixels < 1:
+            raise ValueError(f"segment_pixels must be >= 1, got {segment_pixels}")
         super().__init__(num_classes, **kwargs)
 
     def configure_models(self) -> None:
@@ -59,7 +70,11 @@ class ContrastiveSegmenter(SegmentationModule):
         memory_bank = None
         if hp.memory_size > 0:
             memory_bank = PixelMemoryBank(
-                hp.num_classes, hp.proj_dim, memory_size=hp.memory_size, pixels_per_image=hp.pixels_per_image
+                hp.num_classes,
+                hp.proj_dim,
+                memory_size=hp.memory_size,
+                pixels_per_image=hp.pixels_per_image,
+                segment_pixels=hp.segment_pixels,
             )
         self.contrast_loss = PixelContrastLoss(
             temperature=hp.temperature,
@@ -76,15 +91,22 @@ class ContrastiveSegmenter(SegmentationModule):
         return self.global_step >= self.hparams.warmup_steps
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        output = self.model.forward_train(batch["image"])
+        active = self.contrast_active()
+        sampled = self.hparams.project_sampled_pixels
+        output = self.model.forward_train(batch["image"], embed=active and not sampled)
         losses = self.supervised_losses(output, batch["mask"])
-        if self.contrast_active():
-            logits = output.logits.detach()
-            if logits.shape[-2:] != output.embeddings.shape[-2:]:
-                logits = F.interpolate(logits, size=output.embeddings.shape[-2:], mode="bilinear", align_corners=False)
-            contrast = self.contrast_loss(output.embeddings, batch["mask"], logits.argmax(dim=1))
-            losses["contrast"] = contrast
-            losses["loss"] = losses["loss"] + self.hparams.loss_weight * contrast
+        head = self.model.projection_head
+        if not active:  # zero gradients for the idle head keep DDP's reducer complete
+            losses["loss"] = losses["loss"] + sum(parameter.sum() for parameter in head.parameters()) * 0.0
+            return losses
+        maps = output.features if sampled else output.embeddings
+        logits = output.logits.detach()
+        if logits.shape[-2:] != maps.shape[-2:]:
+            logits = F.interpolate(logits, size=maps.shape[-2:], mode="bilinear", align_corners=False)
+        projection = head.project_pixels if sampled else None
+        contrast = self.contrast_loss(maps, batch["mask"], logits.argmax(dim=1), projection=projection)
+        losses["contrast"] = contrast
+        losses["loss"] = losses["loss"] + self.hparams.loss_weight * contrast
         return losses
 
     def visualization_outputs(self, batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -190,3 +190,20 @@ def test_sharded_picie_clusters_globally(tmp_path):
     assert rank0["metrics"]["kmeans/points_view1"] == 4 * height * width  # both ranks' images
     checkpoint = load(tmp_path / "checkpoints" / "last.ckpt")
     torch.testing.assert_close(checkpoint["state_dict"]["centroids_view1"], rank0["state_dict"]["centroids_view1"])
+
+
+def test_contrast_warm_up_under_ddp(tmp_path):
+    """The projection head idles during the warm-up; DDP (without find_unused_parameters) must still reduce."""
+    config = write_config(
+        tmp_path / "config.yaml",
+        model_config(CONTRASTIVE, warmup_steps=2, **MEMORY),
+        synthetic_data(num_train=8, num_val=2),
+        tmp_path,
+        callbacks=[probe(tmp_path / "probe")],
+        max_steps=4,
+    )
+    run_ddp("fit", config, "--checkpoint.save_top_k=0")
+    rank0, rank1 = (load(tmp_path / "probe" / f"rank{r}.pt") for r in range(2))
+    assert rank0["global_step"] == rank1["global_step"] == 4
+    assert_states_equal(rank0["state_dict"], rank1["state_dict"])
+    assert rank0["state_dict"]["contrast_loss.memory_bank.filled"].sum() > 0  # the contrast term ran after it

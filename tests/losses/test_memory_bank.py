@@ -261,3 +261,66 @@ def test_backward_after_the_bank_was_updated_in_place():
         embeddings,
     )[0]
     torch.testing.assert_close(embeddings.grad, expected)
+
+
+def test_sampled_pixels_fill_the_bank_like_the_map():
+    """With segment_pixels covering every segment, embedding sampled pixels gives the same queues."""
+    emb, labels, _ = region_batch(2, 3, h=6, w=6, dim=4)
+    noise = torch.randn(emb.shape, generator=torch.Generator().manual_seed(0), dtype=emb.dtype)
+    emb = F.normalize(emb + 0.2 * noise, dim=1)
+    from_map = PixelMemoryBank(3, 4, memory_size=9, pixels_per_image=2).double()
+    from_map.enqueue(emb, labels, torch.Generator().manual_seed(4))
+    from_samples = PixelMemoryBank(3, 4, memory_size=9, pixels_per_image=2, segment_pixels=36).double()
+    pixel, valid = from_samples.sample_pixels(labels, torch.Generator().manual_seed(4))
+    assert pixel.shape == valid.shape == (2, 3, 36)
+    image = torch.arange(2)[:, None, None]
+    from_samples.enqueue_samples(emb.flatten(2)[image, :, pixel], valid)
+    for name, value in from_map.state_dict().items():
+        torch.testing.assert_close(from_samples.state_dict()[name], value)
+
+
+def test_segment_rows_average_at_most_segment_pixels():
+    labels = torch.zeros(1, 4, 4, dtype=torch.long)
+    bank = PixelMemoryBank(2, 2, memory_size=4, pixels_per_image=1, segment_pixels=3)
+    pixel, valid = bank.sample_pixels(labels, torch.Generator().manual_seed(0))
+    assert valid[0, 0].all() and not valid[0, 1].any() and len(set(pixel[0, 0].tolist())) == 3
+    samples = torch.zeros(1, 2, 3, 2)
+    samples[0, 0] = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    bank.enqueue_samples(samples, valid)
+    torch.testing.assert_close(bank.segment_queue[0, 0], F.normalize(torch.tensor([2.0, 1.0]), dim=0))
+    torch.testing.assert_close(bank.pixel_queue[0, 0], torch.tensor([1.0, 0.0]))
+    assert bank.filled.tolist() == [[1, 1], [0, 0]]
+    with pytest.raises(ValueError, match="samples must be"):
+        bank.enqueue_samples(torch.zeros(1, 3, 3, 2), torch.ones(1, 3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="valid must be"):
+        bank.enqueue_samples(samples, valid[..., :2])
+    with pytest.raises(ValueError, match="segment_pixels"):
+        PixelMemoryBank(2, 2, segment_pixels=0)
+
+
+def test_loss_projecting_sampled_pixels_matches_the_map_with_a_bank():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 5, 6, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 6, 6), generator=generator)
+    weight = torch.randn(4, 5, generator=generator, dtype=torch.float64)
+    banks = [PixelMemoryBank(3, 4, memory_size=8, pixels_per_image=2, segment_pixels=36).double() for _ in range(2)]
+    results = []
+
+    def project(rows):
+        return F.normalize(rows @ weight.T, dim=-1)
+
+    for bank, sampled in zip(banks, (True, False)):
+        criterion = PixelContrastLoss(temperature=0.07, max_views=1, memory_bank=bank)
+        step = torch.Generator().manual_seed(9)
+        losses = []
+        for _ in range(2):  # the second step contrasts with the rows of the first
+            if sampled:
+                loss = criterion(features, labels, labels, step, projection=project)
+            else:
+                embeddings = F.normalize(torch.einsum("dc,bchw->bdhw", weight, features), dim=1)
+                loss = criterion(embeddings, labels, labels, step)
+            losses.append(loss)
+        results.append((torch.stack(losses), torch.autograd.grad(losses[-1], features)[0]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    torch.testing.assert_close(banks[0].queue, banks[1].queue)

@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pixcontrast.losses import PixelContrastLoss, downsample_labels, sample_anchors, supervised_contrastive_loss
+from pixcontrast.losses import (
+    PixelContrastLoss,
+    downsample_labels,
+    gather_pixels,
+    sample_anchor_pixels,
+    sample_anchors,
+    supervised_contrastive_loss,
+)
 
 IGNORE = 255
 
@@ -276,3 +283,56 @@ def test_value_errors():
         PixelContrastLoss(max_views=0)
     with pytest.raises(ValueError, match="temperatures"):
         PixelContrastLoss(temperature=0)
+
+
+def test_anchor_pixels_index_the_sampled_embeddings():
+    generator = torch.Generator().manual_seed(0)
+    emb = torch.randn(2, 5, 8, 8, generator=generator)
+    labels = torch.randint(0, 3, (2, 8, 8), generator=generator)
+    pred = torch.randint(0, 3, (2, 8, 8), generator=generator)
+    anchors, anchor_labels = sample_anchors(emb, labels, pred, 40, 6, IGNORE, torch.Generator().manual_seed(1))
+    image, pixel, pixel_labels = sample_anchor_pixels(labels, pred, 40, 6, IGNORE, torch.Generator().manual_seed(1))
+    assert torch.equal(pixel_labels, anchor_labels) and pixel.shape == anchors.shape[:2]
+    assert torch.equal(gather_pixels(emb, image[:, None], pixel), anchors)
+    rows = emb.permute(0, 2, 3, 1).reshape(2, 64, 5)
+    assert torch.equal(rows[image[:, None], pixel], anchors)
+    assert (labels.flatten(1)[image[:, None], pixel] == anchor_labels[:, None]).all()
+
+
+def linear_projection(channels: int, dim: int):
+    weight = torch.randn(dim, channels, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    return lambda rows: F.normalize(rows @ weight.T, dim=-1), weight
+
+
+def test_projecting_sampled_pixels_equals_projecting_the_map():
+    """A per-pixel projection (no batch statistics) gives the same loss and gradients either way."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 6, 16, 16, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 32, 32), generator=generator)
+    pred = torch.randint(0, 4, (2, 16, 16), generator=generator)
+    project, weight = linear_projection(6, 5)
+    criterion = PixelContrastLoss(max_samples=60, max_views=8)
+    sampled = criterion(features, labels, pred, torch.Generator().manual_seed(1), projection=project)
+    (sampled_grad,) = torch.autograd.grad(sampled, features)
+    embeddings = F.normalize(torch.einsum("dc,bchw->bdhw", weight, features), dim=1)
+    full = criterion(embeddings, labels, pred, torch.Generator().manual_seed(1))
+    (full_grad,) = torch.autograd.grad(full, features)
+    assert sampled.item() == pytest.approx(full.item(), rel=1e-12)
+    torch.testing.assert_close(sampled_grad, full_grad)
+    assert (sampled_grad.abs().sum(1) > 0).sum() <= 60  # only the sampled pixels receive a gradient
+
+
+def test_projection_sees_only_the_sampled_rows():
+    seen = []
+
+    def project(rows):
+        seen.append(rows.shape[0])
+        return F.normalize(rows, dim=-1)
+
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, :, 4:] = 1
+    criterion = PixelContrastLoss(max_samples=12, max_views=5)
+    criterion(torch.randn(2, 3, 8, 8), labels, labels, projection=project)
+    assert seen == [4 * 3]  # 4 groups x 3 views, one call
+    criterion(torch.randn(2, 3, 8, 8), torch.full((2, 8, 8), IGNORE), labels, projection=project)
+    assert seen[-1] == 0  # nothing to sample: the projection still runs (SyncBatchNorm needs every rank)

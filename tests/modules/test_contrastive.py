@@ -32,8 +32,38 @@ def test_contrast_term_is_added_after_warmup():
 
 
 def test_contrast_term_is_off_during_warmup():
-    losses = contrastive(warmup_steps=10).compute_losses(scene_batch())
-    assert "contrast" not in losses
+    module = contrastive(warmup_steps=10)
+    head = module.model.projection_head
+    calls = []
+    head.register_forward_hook(lambda *args: calls.append(1))
+    losses = module.compute_losses(scene_batch())
+    assert "contrast" not in losses and calls == []  # the idle head does not run
+    losses["loss"].backward()
+    assert all(p.grad is not None and not p.grad.any() for p in head.parameters())  # zero gradients, for DDP
+
+
+@pytest.mark.parametrize("memory_size", [0, 32])
+def test_sampled_projection_equals_projecting_the_map(memory_size):
+    """With the head's BatchNorm on running statistics, both projection paths give the same loss and bank."""
+    modules = []
+    for sampled in (True, False):
+        torch.manual_seed(0)
+        module = contrastive(
+            project_sampled_pixels=sampled, memory_size=memory_size, pixels_per_image=2, segment_pixels=16
+        )
+        module.model.projection_head.eval()
+        modules.append(module)
+    modules[1].load_state_dict(modules[0].state_dict())
+    results = []
+    for module in modules:
+        torch.manual_seed(1)
+        losses = [module.compute_losses(scene_batch())["contrast"] for _ in range(2)]
+        results.append(torch.stack(losses))
+    torch.testing.assert_close(results[0], results[1])
+    assert results[0][-1] > 0  # (with a bank, the first step contrasts with an empty bank: 0)
+    if memory_size:
+        banks = [module.contrast_loss.memory_bank for module in modules]
+        torch.testing.assert_close(banks[0].queue, banks[1].queue)
 
 
 def test_contrast_gradients_reach_the_projection_head():
@@ -73,7 +103,10 @@ def test_inference_costs_nothing_extra(head):
     assert calls == []
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"proj_dim": 0}, "proj_dim"), ({"loss_weight": -1}, "loss_weight")])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"proj_dim": 0}, "proj_dim"), ({"loss_weight": -1}, "loss_weight"), ({"segment_pixels": 0}, "segment_pixels")],
+)
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         contrastive(**kwargs)
