@@ -1,5 +1,6 @@
 """Losses (pure torch, no Lightning): supervised pixel contrast, its memory bank, and PiCIE's cluster losses."""
 
+from pixcontrast.losses.class_memory import class_memory_contrastive_loss
 from pixcontrast.losses.memory_bank import PixelMemoryBank
 from pixcontrast.losses.picie import (
     PiCIELoss,
@@ -23,6 +24,7 @@ __all__ = [
     "PiCIELossOutput",
     "assign_clusters",
     "balanced_cluster_weights",
+    "class_memory_contrastive_loss",
     "cluster_scores",
     "picie_loss",
     "PixelContrastLoss",

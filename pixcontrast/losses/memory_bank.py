@@ -121,6 +121,15 @@ class PixelMemoryBank(nn.Module):
         labels = torch.where(rows < self.filled[..., None], classes, -1)
         return self.queue.view(-1, self.dim), labels.flatten()
 
+    def class_rows(self) -> tuple[Tensor, Tensor]:
+        """The rows grouped by class: ``(num_classes x 2 * memory_size x dim, num_classes x 2 * memory_size)``.
+
+        Each class's pixel queue then its segment queue, and whether each row is filled. No copy of the rows.
+        """
+        rows = torch.arange(self.memory_size, device=self.queue.device)
+        filled = rows < self.filled[..., None]  # K x 2 x S
+        return self.queue.view(self.num_classes, 2 * self.memory_size, self.dim), filled.flatten(1)
+
     def contrast_set(
         self, anchors: Tensor, anchor_labels: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:

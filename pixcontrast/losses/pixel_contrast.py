@@ -16,6 +16,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pixcontrast.losses.class_memory import class_memory_contrastive_loss
+
 if TYPE_CHECKING:
     from pixcontrast.losses.memory_bank import PixelMemoryBank
 
@@ -495,19 +497,15 @@ class PixelContrastLoss(nn.Module):
         image, pixel, anchor_labels = sample_anchor_pixels(
             small, predictions, self.max_samples, self.max_views, self.ignore_index, generator
         )
-        anchors = gather_pixels(embeddings, image[:, None], pixel)  # A x V x C
         enqueue = self.memory_bank is not None and self.update_memory and self.training
-        if projection is not None:
-            anchors, samples = self._project(projection, embeddings, anchors, small if enqueue else None, generator)
+        if projection is None:
+            anchors = gather_pixels(embeddings, image[:, None], pixel)  # A x V x D
+        else:
+            anchors, samples = self._project(
+                projection, embeddings, image, pixel, small if enqueue else None, generator
+            )
         if self.memory_bank is not None:
-            features = anchors.reshape(-1, anchors.shape[-1])
-            memory, memory_labels, mask = self.memory_bank.contrast_set(
-                features, anchor_labels.repeat_interleave(anchors.shape[1]), generator
-            )
-            loss = supervised_contrastive_loss(
-                anchors, anchor_labels, self.temperature, self.base_temperature, memory, memory_labels,
-                memory_mask=mask,
-            )
+            loss = self._memory_loss(anchors, anchor_labels, generator)
             if enqueue and projection is not None:
                 self.memory_bank.enqueue_samples(*samples)
             elif enqueue:
@@ -517,30 +515,49 @@ class PixelContrastLoss(nn.Module):
             return self._global_loss(anchors, anchor_labels)
         return supervised_contrastive_loss(anchors, anchor_labels, self.temperature, self.base_temperature)
 
+    def _memory_loss(self, anchors: Tensor, anchor_labels: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Contrast with the bank: its class-grouped rows, or the rows each anchor mines with hard mining."""
+        bank = self.memory_bank
+        if not bank.hard_mining:
+            memory, filled = bank.class_rows()
+            return class_memory_contrastive_loss(
+                anchors, anchor_labels, memory, filled, self.temperature, self.base_temperature
+            )
+        features = anchors.reshape(-1, anchors.shape[-1])
+        memory, memory_labels, mask = bank.contrast_set(
+            features, anchor_labels.repeat_interleave(anchors.shape[1]), generator
+        )
+        return supervised_contrastive_loss(
+            anchors, anchor_labels, self.temperature, self.base_temperature, memory, memory_labels, memory_mask=mask
+        )
+
     def _project(
         self,
         projection: Callable[[Tensor], Tensor],
         features: Tensor,
-        anchors: Tensor,
+        image: Tensor,
+        pixel: Tensor,
         labels: Tensor | None,
         generator: torch.Generator | None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """Project the anchor features (``A x V x C``) and, given ``labels``, the memory bank's new pixels.
+        """Embed the anchor pixels (``image`` A, ``pixel`` A x V) and, given ``labels``, the bank's new pixels.
 
         Returns the anchor embeddings ``A x V x D`` and, with ``labels``, the bank's ``(samples, valid)``.
-        One projection call covers all rows, so they share the BatchNorm statistics.
+        One gather and one projection call cover all rows, so they share the BatchNorm statistics.
         """
-        num_groups, n_view, channels = anchors.shape
-        rows = anchors.reshape(-1, channels)
+        num_groups, n_view = pixel.shape
+        images, pixels = image.repeat_interleave(n_view), pixel.flatten()
+        if labels is not None:
+            memory_pixel, valid = self.memory_bank.sample_pixels(labels, generator)  # B x K x S
+            where = valid.nonzero(as_tuple=True)  # host sync: the number of new memory pixels
+            images, pixels = torch.cat([images, where[0]]), torch.cat([pixels, memory_pixel[where]])
+        embedded = projection(gather_pixels(features, images, pixels))
+        anchors = embedded[: num_groups * n_view].view(num_groups, n_view, embedded.shape[1])
         if labels is None:
-            embedded = projection(rows)
-            return embedded.view(num_groups, n_view, embedded.shape[1]), None
-        pixel, valid = self.memory_bank.sample_pixels(labels, generator)  # B x K x S
-        where = valid.nonzero(as_tuple=True)  # host sync: the number of new memory pixels
-        picked = gather_pixels(features, where[0], pixel[where])  # M x C
-        embedded = projection(torch.cat([rows, picked]))
-        samples = embedded.new_zeros(*valid.shape, embedded.shape[1]).index_put_(where, embedded[rows.shape[0]:])
-        return embedded[: rows.shape[0]].view(num_groups, n_view, embedded.shape[1]), (samples, valid)
+            return anchors, None
+        samples = embedded.new_zeros(*valid.shape, embedded.shape[1])
+        samples[where] = embedded[num_groups * n_view :].detach()
+        return anchors, (samples, valid)
 
     def _global_loss(self, anchors: Tensor, anchor_labels: Tensor) -> Tensor:
         features = anchors.reshape(-1, anchors.shape[-1])
