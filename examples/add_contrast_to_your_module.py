@@ -23,10 +23,11 @@ class MySegmenter(SegmentationModule):
         self.contrast = PixelContrastLoss(temperature=0.1, max_samples=512, max_views=50)
 
     def compute_losses(self, batch):
-        output = self.model.forward_train(batch["image"])
+        output = self.model.forward_train(batch["image"], embed=False)  # the loss projects the pixels it samples
         losses = self.supervised_losses(output, batch["mask"])
-        predictions = output.logits.detach().argmax(dim=1)  # same resolution as the embeddings
-        losses["contrast"] = self.contrast(output.embeddings, batch["mask"], predictions)
+        predictions = output.logits.detach().argmax(dim=1)  # same resolution as the features
+        project = self.model.projection_head.project_pixels
+        losses["contrast"] = self.contrast(output.features, batch["mask"], predictions, projection=project)
         losses["loss"] = losses["loss"] + 0.1 * losses["contrast"]
         return losses
 

@@ -83,6 +83,10 @@ def _check_maps(embeddings: Tensor, labels: Tensor, predictions: Tensor, label_s
         )
     if labels.dim() != 3 or labels.shape[0] != b:
         raise ValueError(f"labels must be {label_size} with B = {b}, got shape {tuple(labels.shape)}")
+    _check_integer(labels, predictions)
+
+
+def _check_integer(labels: Tensor, predictions: Tensor) -> None:
     if labels.is_floating_point() or predictions.is_floating_point():
         raise ValueError("labels and predictions must be integer class ids (e.g. torch.long), not floats")
 
@@ -127,8 +131,7 @@ def sample_anchor_pixels(
             f"labels must be B x h x w at the embedding resolution {tuple(predictions.shape)}, got "
             f"{tuple(labels.shape)}; PixelContrastLoss (or downsample_labels) resizes full-resolution labels"
         )
-    if labels.is_floating_point() or predictions.is_floating_point():
-        raise ValueError("labels and predictions must be integer class ids (e.g. torch.long), not floats")
+    _check_integer(labels, predictions)
     if max_samples < 1 or max_views < 1:
         raise ValueError(f"max_samples and max_views must be >= 1, got {max_samples} and {max_views}")
     _check_generator(generator, labels.device)
