@@ -25,11 +25,11 @@ TEMPERATURE = BASE_TEMPERATURE = 0.07
 DIM = 256
 
 
-def full_bank(num_classes: int, memory_size: int, device: str) -> PixelMemoryBank:
-    bank = PixelMemoryBank(num_classes, DIM, memory_size=memory_size).to(device)
+def fill_bank(bank: PixelMemoryBank) -> PixelMemoryBank:
+    """Steady state: every queue row filled with a random unit vector."""
     generator = torch.Generator().manual_seed(0)
     bank.queue.copy_(F.normalize(torch.randn(bank.queue.shape, generator=generator), dim=-1))
-    bank.filled.fill_(memory_size)
+    bank.filled.fill_(bank.memory_size)
     return bank
 
 
@@ -42,7 +42,7 @@ def timed(step, device: str) -> float:
 
 
 def bench(name: str, num_classes: int, images: int, memory_size: int, repeats: int, device: str) -> dict:
-    bank = full_bank(num_classes, memory_size, device)
+    bank = fill_bank(PixelMemoryBank(num_classes, DIM, memory_size=memory_size).to(device))
     generator = torch.Generator().manual_seed(1)
     anchors = F.normalize(torch.randn(images * num_classes, 1, DIM, generator=generator), dim=-1)
     anchors = anchors.to(device).requires_grad_()

@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from bench_memory_contrast import fill_bank  # benchmarks/ is on sys.path when this script runs
 from pixcontrast.modules import ContrastiveSegmenter, SegmentationModule
 
 NUM_CLASSES = 19
@@ -40,18 +41,10 @@ def build_variants(encoder: str, head: str, device: torch.device) -> dict[str, S
     for module in variants.values():
         module.model.load_state_dict(reference, strict=False)
         module.to(device).train()
-        fill_memory_bank(module)
+        bank = getattr(getattr(module, "contrast_loss", None), "memory_bank", None)
+        if bank is not None:  # steady state: each anchor meets all 2 x 19 x 5000 rows
+            fill_bank(bank)
     return variants
-
-
-def fill_memory_bank(module: SegmentationModule) -> None:
-    """Steady state: every queue row filled (the loss then compares each anchor with all 2 x 19 x 5000 rows)."""
-    bank = getattr(getattr(module, "contrast_loss", None), "memory_bank", None)
-    if bank is not None:
-        generator = torch.Generator().manual_seed(1)
-        rows = torch.nn.functional.normalize(torch.randn(bank.queue.shape, generator=generator), dim=-1)
-        bank.queue.copy_(rows)
-        bank.filled.fill_(bank.memory_size)
 
 
 def make_batch(batch_size: int, height: int, width: int, device: torch.device) -> dict[str, torch.Tensor]:

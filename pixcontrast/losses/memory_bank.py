@@ -116,10 +116,9 @@ class PixelMemoryBank(nn.Module):
 
         The label of a row is its class, or -1 for a row not yet filled (ignored by the loss). No copy.
         """
-        rows = torch.arange(self.memory_size, device=self.queue.device)
-        classes = torch.arange(self.num_classes, device=self.queue.device)[:, None, None]
-        labels = torch.where(rows < self.filled[..., None], classes, -1)
-        return self.queue.view(-1, self.dim), labels.flatten()
+        memory, filled = self.class_rows()
+        classes = torch.arange(self.num_classes, device=filled.device)[:, None]
+        return memory.view(-1, self.dim), torch.where(filled, classes, -1).flatten()
 
     def class_rows(self) -> tuple[Tensor, Tensor]:
         """The rows grouped by class: ``(num_classes x 2 * memory_size x dim, num_classes x 2 * memory_size)``.
@@ -196,8 +195,6 @@ class PixelMemoryBank(nn.Module):
             labels: ``B x h x w`` ground truth at the embedding resolution.
             generator: optional ``torch.Generator`` on the labels' device.
         """
-        if labels.dim() != 3:
-            raise ValueError(f"labels must be B x h x w, got shape {tuple(labels.shape)}")
         codes = self._class_codes(labels, labels.shape[0], tuple(labels.shape[-2:]))
         return self._pick(codes, max(self.pixels_per_image, self.segment_pixels), generator)
 

@@ -224,7 +224,6 @@ def sample_anchors(
         (``0 x 0 x D`` and ``0`` when no group qualifies; the anchors stay connected to the graph).
     """
     _check_maps(embeddings, labels, predictions, "B x h x w (labels at the embedding resolution)")
-    _check_generator(generator, embeddings.device)
     image, pixel, anchor_labels = sample_anchor_pixels(
         labels, predictions, max_samples, max_views, ignore_index, generator
     )
@@ -495,7 +494,6 @@ class PixelContrastLoss(nn.Module):
             scalar float32 loss (a zero connected to the graph when no anchor has a positive).
         """
         _check_maps(embeddings, labels, predictions, "B x H x W")
-        _check_generator(generator, embeddings.device)
         small = downsample_labels(labels, tuple(embeddings.shape[-2:]))
         image, pixel, anchor_labels = sample_anchor_pixels(
             small, predictions, self.max_samples, self.max_views, self.ignore_index, generator
