@@ -1,6 +1,20 @@
-"""Shared test set-up: the fixture writers of tests/data (official dataset layouts) are importable everywhere."""
+"""Shared test set-up: the fixture writers of tests/data (official dataset layouts) are importable everywhere,
+and the `gpu` tier is skipped on machines without CUDA."""
 
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 sys.path.insert(0, str(Path(__file__).parent / "data"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked `gpu` when no CUDA device is present; everything else runs as collected."""
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
