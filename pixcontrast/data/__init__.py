@@ -1,8 +1,10 @@
-"""LightningDataModules and datasets: synthetic scenes, Cityscapes, PASCAL-Context, COCO-Stuff, PiCIE views."""
+"""LightningDataModules and datasets: your own folders, synthetic scenes, Cityscapes, PASCAL-Context, COCO-Stuff,
+PiCIE views."""
 
 from pixcontrast.data.base import RawSample, SegmentationDataModule, SegmentationDataset
 from pixcontrast.data.cityscapes import CityscapesDataModule
 from pixcontrast.data.coco_stuff import COCOStuffDataModule
+from pixcontrast.data.folder import FolderSegmentationDataModule
 from pixcontrast.data.pascal_context import PascalContextDataModule
 from pixcontrast.data.picie_views import PiCIEDataModule
 from pixcontrast.data.synthetic import SyntheticScenesDataModule, SyntheticScenesDataset
@@ -13,6 +15,7 @@ __all__ = [
     "SegmentationDataModule",
     "SyntheticScenesDataset",
     "SyntheticScenesDataModule",
+    "FolderSegmentationDataModule",
     "CityscapesDataModule",
     "PascalContextDataModule",
     "COCOStuffDataModule",

@@ -140,6 +140,11 @@ class SegmentationDataModule(L.LightningDataModule):
         return len(self.class_names)
 
     @property
+    def has_labels(self) -> bool:
+        """Whether the data comes with labels (``False``: unlabelled images, every mask pixel 255)."""
+        return True
+
+    @property
     def palette(self) -> np.ndarray:
         """``num_classes x 3`` uint8 colours, index = class id."""
         return default_palette(self.num_classes)

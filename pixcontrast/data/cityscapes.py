@@ -6,22 +6,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pixcontrast.data.files import FileSegmentationDataModule, FileSegmentationDataset
+from pixcontrast.data.files import BenchmarkDataModule, FileSegmentationDataset
 from pixcontrast.data.io import missing_files
-from pixcontrast.data.label_maps import CITYSCAPES_LABEL_SETS, CITYSCAPES_LUTS, CITYSCAPES_TRAIN_ID_LUT
+from pixcontrast.data.label_maps import CITYSCAPES_LABEL_SETS, CITYSCAPES_LOOKUPS, CITYSCAPES_TRAIN_ID_LOOKUP
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_ID_SUFFIX = "_gtFine_labelIds.png"
 TRAIN_ID_SUFFIX = "_gtFine_labelTrainIds.png"
 
 
-class CityscapesDataModule(FileSegmentationDataModule):
+class CityscapesDataModule(BenchmarkDataModule):
     """Cityscapes as the official archives unpack (``leftImg8bit_trainvaltest.zip``, ``gtFine_trainvaltest.zip``).
 
-    Label sets: ``"19"`` -- the 19 training classes (train ids, everything else 255); ``"27"`` -- labelIds
+    Label sets: ``"19"`` -- the 19 training classes (train ids, every other label id 255); ``"27"`` -- labelIds
     7..33 as 0..26 (unsupervised benchmarks), ids 0..6 ignored. Label ids are mapped on the fly through a
     lookup table; for ``"19"`` the ``*_gtFine_labelTrainIds.png`` files written by
-    ``pixcontrast prepare cityscapes --root ROOT`` are read instead when present for every image.
+    ``pixcontrast prepare cityscapes --root ROOT`` are read instead when present for every image. A value
+    that is no label id (above 33 other than 255; in train-id files above 18 other than 255) raises a
+    :class:`~pixcontrast.data.label_maps.LabelValueError` naming the file.
     Items are named by the frame id (the image stem without ``_leftImg8bit``), e.g. ``aachen_000000_000019``.
 
     Args:
@@ -89,7 +91,7 @@ class CityscapesDataModule(FileSegmentationDataModule):
     def build_dataset(self, split: str) -> FileSegmentationDataset:
         images = self._images(split)
         labels, train_ids = self._labels(split, images)
-        lut = CITYSCAPES_TRAIN_ID_LUT if train_ids else CITYSCAPES_LUTS[self.label_set]
+        mapping = CITYSCAPES_TRAIN_ID_LOOKUP if train_ids else CITYSCAPES_LOOKUPS[self.label_set]
         all_labels: list[Path | None] = list(labels) if labels is not None else [None] * len(images)
         if split == "train":
             for extra in self.extra_train_splits:
@@ -97,4 +99,6 @@ class CityscapesDataModule(FileSegmentationDataModule):
                 images += extra_images
                 all_labels += [None] * len(extra_images)
         names = [image.name[: -len(IMAGE_SUFFIX)] for image in images]
-        return FileSegmentationDataset(images, all_labels, names, lut=lut, transform=self.transform_for(split))
+        return FileSegmentationDataset(
+            images, all_labels, names, label_mapping=mapping, transform=self.transform_for(split)
+        )

@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from pixcontrast.data.files import FileSegmentationDataModule, FileSegmentationDataset
+from pixcontrast.data.base import IGNORE_INDEX
+from pixcontrast.data.files import BenchmarkDataModule, FileSegmentationDataset
 from pixcontrast.data.io import read_id_list, read_label
-from pixcontrast.data.label_maps import COCO_STUFF_LABEL_SETS, COCO_STUFF_LUTS
+from pixcontrast.data.label_maps import COCO_STUFF_LABEL_SETS, COCO_STUFF_LOOKUPS
 
 LABEL_DIR = "stuffthingmaps_trainval2017"
 VARIANTS = ("164k", "10k")
@@ -23,22 +24,26 @@ def normalize_image_id(image_id: str) -> str:
 
 def read_coco10k_label(path: str) -> np.ndarray:
     """Read a COCO-Stuff-10k ``.mat`` annotation (key ``S``: 0 unlabelled, k = category id k) as
-    stuffthingmaps values (k - 1, unlabelled -> 255): ``H x W`` uint8."""
+    stuffthingmaps values (k - 1, unlabelled -> 255): ``H x W`` int32 (out-of-range ids are kept, to be
+    reported by the label check rather than wrapped into valid values)."""
     from scipy.io import loadmat
 
     try:
         labels = loadmat(path, variable_names=["S"])["S"]
     except Exception as error:  # scipy raises several types for damaged files
         raise RuntimeError(f"cannot read COCO-Stuff-10k annotation {path!r}: {error}") from error
-    return (labels.astype(np.int16) - 1).astype(np.uint8)
+    labels = labels.astype(np.int32)
+    return np.where(labels == 0, IGNORE_INDEX, labels - 1)
 
 
-class COCOStuffDataModule(FileSegmentationDataModule):
+class COCOStuffDataModule(BenchmarkDataModule):
     """COCO-Stuff-164k (default) or COCO-Stuff-10k, as the official archives unpack.
 
     Label sets: ``"171"`` -- the 171 used classes (80 things, 91 stuff) numbered contiguously in
     stuffthingmaps order; ``"27"`` -- the 12 thing + 15 stuff supercategories of the unsupervised benchmarks.
-    Unlabelled pixels and the 11 unused ids are ignored. Items are named by the image stem
+    Unlabelled pixels (255) are ignored; any value outside 0..181 and 255, and the values of the 11 category ids
+    COCO never uses, raise a :class:`~pixcontrast.data.label_maps.LabelValueError` naming the file (real
+    annotations never hold them: a map that does is in another encoding, typically category ids, off by one). Items are named by the image stem
     (e.g. ``000000000139``). COCO-Stuff has no public test labels: test uses val (10k: its test list).
 
     Args:
@@ -128,7 +133,7 @@ class COCOStuffDataModule(FileSegmentationDataModule):
             images,
             labels,
             ids,
-            lut=COCO_STUFF_LUTS[self.label_set],
+            label_mapping=COCO_STUFF_LOOKUPS[self.label_set],
             transform=self.transform_for(split),
             label_reader=read_coco10k_label if self.variant == "10k" else read_label,
         )

@@ -9,25 +9,29 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pixcontrast.data.base import IGNORE_INDEX, RawSample, SegmentationDataModule, SegmentationDataset, Transform
-from pixcontrast.data.io import apply_lut, missing_files, read_image, read_label
+from pixcontrast.data.io import missing_files, read_image, read_label
 from pixcontrast.data.label_maps import LabelSet, check_label_set
 from pixcontrast.data.transforms import WorkerSeeded, build_eval_transform, build_train_transform
 
+#: Reads one label map file: path -> raw values (``H x W``, or ``H x W x 3`` colours).
 LabelReader = Callable[[str], np.ndarray]
+#: Checked mapping of a file's raw values to class ids: ``(raw, path) -> H x W`` int64 (255 = ignore); raises
+#: :class:`~pixcontrast.data.label_maps.LabelValueError` on values the label set does not know.
+LabelMapping = Callable[[np.ndarray, str], np.ndarray]
 
 
 class FileSegmentationDataset(SegmentationDataset):
-    """Image files with optional label maps, raw label values mapped to the label set through a lookup table.
+    """Image files with optional label maps, raw label values mapped (and checked) as each map is read.
 
     Args:
         images: image paths (any format OpenCV reads).
         labels: label-map paths, one per image; ``None`` (or a ``None`` entry) for unlabelled images, whose
             masks are all ``ignore_index``.
         names: item names (default: the image file stems).
-        lut: raw label value -> class id table (uint8, 255 = ignore); values outside the table are ignored.
-            ``None`` keeps the raw values.
+        label_mapping: raw values -> class ids, raising on values the label set does not know (e.g. a
+            :class:`~pixcontrast.data.label_maps.LabelLookup`); ``None`` keeps the raw values.
         transform: ``transform(image=..., mask=...) -> {"image", "mask"}``.
-        label_reader: reads one label map as an ``H x W`` integer array (default: PNG via OpenCV).
+        label_reader: reads one label map (default: single-channel PNG via OpenCV).
     """
 
     def __init__(
@@ -35,7 +39,7 @@ class FileSegmentationDataset(SegmentationDataset):
         images: Sequence[str | Path],
         labels: Sequence[str | Path | None] | None = None,
         names: Sequence[str] | None = None,
-        lut: np.ndarray | None = None,
+        label_mapping: LabelMapping | None = None,
         transform: Transform | None = None,
         label_reader: LabelReader = read_label,
     ) -> None:
@@ -48,7 +52,7 @@ class FileSegmentationDataset(SegmentationDataset):
                 f"got {len(self.images)} images, {len(self.labels)} labels and {len(self.names)} names; "
                 "they must match one to one"
             )
-        self.lut = lut
+        self.label_mapping = label_mapping
         self.label_reader = label_reader
 
     def __len__(self) -> int:
@@ -61,32 +65,30 @@ class FileSegmentationDataset(SegmentationDataset):
             mask = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.int64)
         else:
             raw = self.label_reader(label_path)
-            if raw.shape != image.shape[:2]:
+            if raw.shape[:2] != image.shape[:2]:
                 raise ValueError(
                     f"label map {label_path!r} is {raw.shape[1]}x{raw.shape[0]} but image {self.images[index]!r} "
                     f"is {image.shape[1]}x{image.shape[0]} (width x height); they must match"
                 )
-            mask = (raw if self.lut is None else apply_lut(raw, self.lut)).astype(np.int64)
+            mask = raw.astype(np.int64) if self.label_mapping is None else self.label_mapping(raw, label_path)
         return RawSample(image=image, mask=mask, name=self.names[index])
 
 
 class FileSegmentationDataModule(SegmentationDataModule):
-    """Base of the real-dataset datamodules: label set, transform options, layout errors.
+    """Base of the datamodules that read image files: transform options, layout errors.
 
-    Subclasses set ``dataset_name``, ``label_sets``, ``layout`` (the expected tree, for error messages) and
-    ``prepare_hint``, and implement :meth:`build_dataset` with :meth:`transform_for` and :meth:`layout_error`.
-    Sizes are ``(height, width)``.
+    Subclasses set ``dataset_name``, ``layout`` (the expected tree, for error messages) and ``prepare_hint``,
+    and implement :meth:`build_dataset` with :meth:`transform_for` and :meth:`layout_error`, and the class
+    names. Sizes are ``(height, width)``.
     """
 
     dataset_name: ClassVar[str]
-    label_sets: ClassVar[dict[str, LabelSet]]
     layout: ClassVar[str]
     prepare_hint: ClassVar[str] = ""
 
     def __init__(
         self,
         root: str,
-        label_set: str,
         crop_size: tuple[int, int] = (512, 512),
         scale_range: tuple[float, float] | None = (0.5, 2.0),
         hflip: bool = True,
@@ -99,18 +101,9 @@ class FileSegmentationDataModule(SegmentationDataModule):
     ) -> None:
         super().__init__(**loader_options)
         self.root = Path(root).expanduser()
-        self.label_set = check_label_set(self.dataset_name, label_set, self.label_sets)
         # Built now so that bad options fail at construction, before any data is touched.
         self.train_transform = train_transform or build_train_transform(crop_size, scale_range, hflip, photometric)
         self.eval_transform = eval_transform or build_eval_transform(eval_resize, eval_crop)
-
-    @property
-    def class_names(self) -> Sequence[str]:
-        return self.label_sets[self.label_set].names
-
-    @property
-    def palette(self) -> np.ndarray:
-        return self.label_sets[self.label_set].palette
 
     def transform_for(self, split: str) -> Transform | None:
         """The (worker-seeded) transform of ``split``: the training pipeline for ``train``, else evaluation."""
@@ -129,3 +122,21 @@ class FileSegmentationDataModule(SegmentationDataModule):
         missing = missing_files(paths)
         if missing:
             raise self.layout_error(f"{len(missing)} of {len(paths)} {what} are missing, e.g. {missing[0]!r}")
+
+
+class BenchmarkDataModule(FileSegmentationDataModule):
+    """A published dataset with named label sets (``label_sets``, chosen by ``label_set``)."""
+
+    label_sets: ClassVar[dict[str, LabelSet]]
+
+    def __init__(self, root: str, label_set: str, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.label_set = check_label_set(self.dataset_name, label_set, self.label_sets)
+
+    @property
+    def class_names(self) -> Sequence[str]:
+        return self.label_sets[self.label_set].names
+
+    @property
+    def palette(self) -> np.ndarray:
+        return self.label_sets[self.label_set].palette

@@ -1,17 +1,29 @@
-"""Label sets of the supported datasets: class names, palettes and raw-id -> class-id lookup tables.
+"""Label sets of the supported datasets: class names, palettes and checked raw-value -> class-id lookups.
 
-Every lookup table (LUT) maps a raw stored label value to a class id of the label set, with
-``IGNORE_INDEX`` (255) for every raw value that is not part of the set (documented behaviour: values
-outside the label set are ignored, never trained on). Tables are ``uint8`` arrays indexed by the raw value.
+Every :class:`LabelLookup` maps each raw stored label value either to a class id of the label set, to
+``IGNORE_INDEX`` (255) when the label set deliberately ignores it (e.g. Cityscapes ids without a train id,
+PASCAL-Context background in the 59-class set, 255 itself), or to ``UNKNOWN_LABEL`` when the value has no
+meaning in that encoding. Unknown values are errors: a mask holding one raises :class:`LabelValueError` naming
+the file, the values and the fix, so a wrong label format never trains silently on nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from pixcontrast.data.base import IGNORE_INDEX, default_palette
+from pixcontrast.data.io import apply_lut
+
+#: Lookup-table entry of a raw value the label set does not know.
+UNKNOWN_LABEL = -1
+_SHOWN_VALUES = 8
+
+
+class LabelValueError(ValueError):
+    """A label map holds values that its label set does not know."""
 
 
 @dataclass(frozen=True)
@@ -26,9 +38,48 @@ class LabelSet:
         return len(self.names)
 
 
-def build_lut(mapping: dict[int, int], size: int = 256) -> np.ndarray:
-    """A ``size`` uint8 table with ``table[raw] = mapping[raw]`` and ``IGNORE_INDEX`` elsewhere."""
-    table = np.full(size, IGNORE_INDEX, dtype=np.uint8)
+def label_value_error(source: str, values: np.ndarray, expected: str, fix: str) -> LabelValueError:
+    """The error for ``values`` (unknown raw values, or ``N x 3`` colours) found in label map ``source``."""
+    unique = np.unique(values, axis=0 if values.ndim == 2 else None)
+    shown = ", ".join(str(tuple(int(c) for c in v)) if np.ndim(v) else str(int(v)) for v in unique[:_SHOWN_VALUES])
+    more = f" and {len(unique) - _SHOWN_VALUES} more" if len(unique) > _SHOWN_VALUES else ""
+    return LabelValueError(
+        f"label map {source!r} holds values the label set does not know: {shown}{more}. "
+        f"Expected {expected}. Fix: {fix}"
+    )
+
+
+@dataclass(frozen=True)
+class LabelLookup:
+    """Checked mapping of raw label values (``H x W`` integers) to class ids, through one lookup table.
+
+    Attributes:
+        table: ``int16`` per raw value: the class id, ``IGNORE_INDEX``, or ``UNKNOWN_LABEL``; raw values past
+            its end (and negative ones) are unknown.
+        expected: the valid raw values, in words (for the error message).
+        fix: what to do about a file holding other values (for the error message).
+    """
+
+    table: np.ndarray
+    expected: str
+    fix: str
+
+    def __call__(self, raw: np.ndarray, source: str) -> np.ndarray:
+        """``H x W`` raw values of the file ``source`` -> ``H x W`` int64 class ids (255 = ignore).
+
+        Raises :class:`LabelValueError` when a value is unknown. Cost: one table pass and one min over the map.
+        """
+        mapped = apply_lut(raw, self.table, outside=UNKNOWN_LABEL)
+        if mapped.size and mapped.min() < 0:
+            raise label_value_error(source, raw[mapped < 0], self.expected, self.fix)
+        return mapped.astype(np.int64)
+
+
+def build_lut(mapping: dict[int, int], ignored: Iterable[int] = (), size: int = 256) -> np.ndarray:
+    """A ``size`` int16 table: ``mapping[raw]`` for its keys, ``IGNORE_INDEX`` for ``ignored`` and for 255,
+    ``UNKNOWN_LABEL`` for every other raw value."""
+    table = np.full(size, UNKNOWN_LABEL, dtype=np.int16)
+    table[[value for value in (*ignored, IGNORE_INDEX) if value < size]] = IGNORE_INDEX
     table[list(mapping)] = list(mapping.values())
     return table
 
@@ -90,13 +141,27 @@ CITYSCAPES_LABEL_SETS: dict[str, LabelSet] = {
     ),
     "27": LabelSet(names=tuple(r[1] for r in _CS_27), palette=np.array([r[3] for r in _CS_27], dtype=np.uint8)),
 }
-#: labelId -> class id, per label set.
-CITYSCAPES_LUTS: dict[str, np.ndarray] = {
-    "19": build_lut({i: t for i, _, t, _ in CITYSCAPES_LABELS if t != IGNORE_INDEX}),
-    "27": build_lut({r[0]: k for k, r in enumerate(_CS_27)}),
+_CS_LABEL_IDS = "Cityscapes labelIds 0..33 (and 255)"
+_CS_LABEL_IDS_FIX = (
+    "*_gtFine_labelIds.png must hold the label ids of the official gtFine_trainvaltest.zip; maps holding train "
+    "ids belong in *_gtFine_labelTrainIds.png"
+)
+#: labelId -> class id, per label set; every labelId without a class is ignored.
+CITYSCAPES_LOOKUPS: dict[str, LabelLookup] = {
+    "19": LabelLookup(
+        build_lut({i: t for i, _, t, _ in CITYSCAPES_LABELS if t != IGNORE_INDEX}, ignored=range(34)),
+        _CS_LABEL_IDS,
+        _CS_LABEL_IDS_FIX,
+    ),
+    "27": LabelLookup(build_lut({r[0]: k for k, r in enumerate(_CS_27)}, ignored=range(7)), _CS_LABEL_IDS, _CS_LABEL_IDS_FIX),
 }
 #: trainId (as in ``*_gtFine_labelTrainIds.png``) -> class id of the "19" set.
-CITYSCAPES_TRAIN_ID_LUT = build_lut({k: k for k in range(19)})
+CITYSCAPES_TRAIN_ID_LOOKUP = LabelLookup(
+    build_lut({k: k for k in range(19)}),
+    "Cityscapes train ids 0..18 and 255",
+    "this is not a train-id map: rewrite the *_gtFine_labelTrainIds.png files from the label ids with "
+    "`pixcontrast prepare cityscapes --root ROOT --overwrite`, or delete them to read *_gtFine_labelIds.png",
+)
 
 # ----------------------------------------------------------------------------------------------- PASCAL-Context
 #: The 59 classes of the standard PASCAL-Context protocol (alphabetical, as the 459-category labels.txt).
@@ -117,10 +182,15 @@ PASCAL_CONTEXT_LABEL_SETS: dict[str, LabelSet] = {
     "59": LabelSet(names=PASCAL_CONTEXT_59_NAMES, palette=default_palette(60)[1:]),
     "60": LabelSet(names=("background", *PASCAL_CONTEXT_59_NAMES), palette=default_palette(60)),
 }
+_PC_EXPECTED = "prepared PASCAL-Context values 0 (background), 1..59 (classes) and 255"
+_PC_FIX = (
+    "recreate the label maps with `pixcontrast prepare pascal-context --root ROOT --annotations "
+    "trainval.tar.gz --overwrite`"
+)
 #: Prepared PNG value (0 = background, 1..59 = classes) -> class id, per label set.
-PASCAL_CONTEXT_LUTS: dict[str, np.ndarray] = {
-    "59": build_lut({k: k - 1 for k in range(1, 60)}),
-    "60": build_lut({k: k for k in range(60)}),
+PASCAL_CONTEXT_LOOKUPS: dict[str, LabelLookup] = {
+    "59": LabelLookup(build_lut({k: k - 1 for k in range(1, 60)}, ignored=[0]), _PC_EXPECTED, _PC_FIX),
+    "60": LabelLookup(build_lut({k: k for k in range(60)}), _PC_EXPECTED, _PC_FIX),
 }
 
 # ---------------------------------------------------------------------------------------------------- COCO-Stuff
@@ -174,8 +244,63 @@ COCO_STUFF_LABEL_SETS: dict[str, LabelSet] = {
     "171": LabelSet(names=tuple(COCO_STUFF_182_NAMES[v] for v in _COCO_USED), palette=default_palette(171)),
     "27": LabelSet(names=COCO_STUFF_27_NAMES, palette=default_palette(27)),
 }
-#: stuffthingmaps value (0..181, 255 unlabelled) -> class id, per label set.
-COCO_STUFF_LUTS: dict[str, np.ndarray] = {
-    "171": build_lut({v: k for k, v in enumerate(_COCO_USED)}),
-    "27": build_lut(dict(enumerate(COCO_STUFF_FINE_TO_COARSE))),
+_COCO_EXPECTED = (
+    "stuffthingmaps values 0..181 (COCO category id - 1) and 255 (unlabelled); the values of the 11 unused "
+    f"category ids {list(COCO_STUFF_UNUSED)} never occur"
+)
+_COCO_FIX = (
+    "use the official stuffthingmaps_trainval2017.zip (COCO-Stuff-10k: the .mat files, whose 'S' holds 0 for "
+    "unlabelled and category ids 1..182); maps holding category ids instead of category id - 1 are off by one"
+)
+#: stuffthingmaps value (0..181, 255 unlabelled) -> class id, per label set. The unused ids are unknown: real
+#: annotations never hold them, so a map that does is in another encoding (typically category ids, off by one).
+COCO_STUFF_LOOKUPS: dict[str, LabelLookup] = {
+    "171": LabelLookup(build_lut({v: k for k, v in enumerate(_COCO_USED)}), _COCO_EXPECTED, _COCO_FIX),
+    "27": LabelLookup(
+        build_lut({v: COCO_STUFF_FINE_TO_COARSE[v] for v in _COCO_USED}), _COCO_EXPECTED, _COCO_FIX
+    ),
 }
+
+
+# ----------------------------------------------------------------------------------------------- colour masks
+def colour_codes(rgb: np.ndarray) -> np.ndarray:
+    """``... x 3`` uint8 colours -> ``...`` int32 codes ``r << 16 | g << 8 | b``."""
+    rgb = rgb.astype(np.int32, copy=False)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+@dataclass(frozen=True)
+class ColourLookup:
+    """Checked mapping of colour-coded masks (``H x W x 3`` uint8 RGB) to class ids.
+
+    Attributes:
+        colours: ``N x 3`` uint8, each colour once.
+        classes: ``N`` class ids (or ``IGNORE_INDEX``) of the colours.
+        expected, fix: as in :class:`LabelLookup`, for the error message.
+    """
+
+    colours: np.ndarray
+    classes: np.ndarray
+    expected: str
+    fix: str
+
+    def __post_init__(self) -> None:
+        codes = colour_codes(np.asarray(self.colours, dtype=np.uint8).reshape(-1, 3))
+        if len(np.unique(codes)) != len(codes):
+            raise ValueError(f"the mask colours must be distinct, got {np.asarray(self.colours).tolist()}")
+
+    def __call__(self, rgb: np.ndarray, source: str) -> np.ndarray:
+        """``H x W x 3`` colours of the file ``source`` -> ``H x W`` int64 class ids (255 = ignore).
+
+        Raises :class:`LabelValueError` naming the colours that are not in the table.
+        """
+        if rgb.ndim != 3 or rgb.shape[-1] != 3:
+            raise LabelValueError(f"label map {source!r} is not an RGB image (shape {rgb.shape}); {self.fix}")
+        keys = colour_codes(np.asarray(self.colours, dtype=np.uint8).reshape(-1, 3))
+        order = np.argsort(keys)
+        codes = colour_codes(rgb)
+        position = np.searchsorted(keys[order], codes).clip(max=len(keys) - 1)
+        known = keys[order][position] == codes
+        if not known.all():
+            raise label_value_error(source, rgb[~known], self.expected, self.fix)
+        return np.asarray(self.classes, dtype=np.int64)[order][position]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pixcontrast.data.files import FileSegmentationDataModule, FileSegmentationDataset
+from pixcontrast.data.files import BenchmarkDataModule, FileSegmentationDataset
 from pixcontrast.data.io import read_id_list
-from pixcontrast.data.label_maps import PASCAL_CONTEXT_LABEL_SETS, PASCAL_CONTEXT_LUTS
+from pixcontrast.data.label_maps import PASCAL_CONTEXT_LABEL_SETS, PASCAL_CONTEXT_LOOKUPS
 
 #: Folder (inside the VOC2010 folder) of the prepared label maps: ``<id>.png``, 0 = background, 1..59 = classes.
 LABEL_DIR = "SegmentationClassContext"
@@ -24,13 +24,14 @@ def find_voc_root(root: str | Path) -> Path | None:
     return None
 
 
-class PascalContextDataModule(FileSegmentationDataModule):
+class PascalContextDataModule(BenchmarkDataModule):
     """PASCAL-Context on VOC2010 (4998 train / 5105 val images; test = val).
 
     Label sets: ``"59"`` -- the 59 standard classes, background and all other categories ignored;
     ``"60"`` -- background as class 0 and the 59 classes as 1..59. Both read the PNGs that
     ``pixcontrast prepare pascal-context --root ROOT --annotations trainval.tar.gz`` writes to
-    ``VOC2010/SegmentationClassContext/``. Items are named by the VOC id, e.g. ``2008_000002``.
+    ``VOC2010/SegmentationClassContext/``; any other value than 0..59 and 255 raises a
+    :class:`~pixcontrast.data.label_maps.LabelValueError` naming the file. Items are named by the VOC id, e.g. ``2008_000002``.
     Val/test images keep their size (about 500 x 375, varying), hence ``eval_batch_size`` defaults to 1;
     set ``eval_crop`` to batch them.
 
@@ -77,5 +78,9 @@ class PascalContextDataModule(FileSegmentationDataModule):
         self.check_files(images, f"{split} images")
         self.check_files(labels, f"{split} label maps ({LABEL_DIR}/<id>.png)")
         return FileSegmentationDataset(
-            images, labels, ids, lut=PASCAL_CONTEXT_LUTS[self.label_set], transform=self.transform_for(split)
+            images,
+            labels,
+            ids,
+            label_mapping=PASCAL_CONTEXT_LOOKUPS[self.label_set],
+            transform=self.transform_for(split),
         )

@@ -317,6 +317,10 @@ class PiCIEDataModule(SegmentationDataModule):
     def palette(self) -> np.ndarray:
         return self.datamodule.palette
 
+    @property
+    def has_labels(self) -> bool:
+        return self.datamodule.has_labels
+
     def prepare_data(self) -> None:
         self.datamodule.prepare_data()
 

@@ -25,12 +25,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from pixcontrast.data.base import IGNORE_INDEX
 from pixcontrast.data.cityscapes import LABEL_ID_SUFFIX, TRAIN_ID_SUFFIX, CityscapesDataModule
 from pixcontrast.data.coco_stuff import LABEL_DIR as COCO_LABEL_DIR
 from pixcontrast.data.coco_stuff import COCOStuffDataModule
 from pixcontrast.data.io import apply_lut, missing_files, read_label, write_label
 from pixcontrast.data.label_maps import (
-    CITYSCAPES_LUTS,
+    CITYSCAPES_LOOKUPS,
     COCO_STUFF_FIRST_STUFF,
     PASCAL_CONTEXT_59_NAMES,
     PASCAL_CONTEXT_59_RAW_IDS,
@@ -88,7 +89,7 @@ def _layout_error(module: type, root: Path, problem: str) -> FileNotFoundError:
 # ---------------------------------------------------------------------------------------------------- Cityscapes
 def _write_train_ids(task: tuple[str, str]) -> None:
     source, target = task
-    write_label(target, apply_lut(read_label(source), CITYSCAPES_LUTS["19"]))
+    write_label(target, CITYSCAPES_LOOKUPS["19"](read_label(source), source))
 
 
 def prepare_cityscapes(root: str | Path, workers: int | None = None, overwrite: bool = False) -> int:
@@ -152,7 +153,7 @@ def _convert_context(task: tuple[str, str | bytes, str, np.ndarray]) -> None:
         raise ValueError(f"{name!r} has no 'LabelMap' variable; is it a PASCAL-Context annotation?") from None
     except Exception as error:
         raise RuntimeError(f"cannot read PASCAL-Context annotation {name!r}: {error}") from error
-    write_label(target, apply_lut(label_map, lut))
+    write_label(target, apply_lut(label_map, lut, outside=IGNORE_INDEX))
 
 
 def _context_sources(annotations: Path, wanted: Callable[[str], bool]) -> tuple[list[tuple[str, Any]], str | None]:

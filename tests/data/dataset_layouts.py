@@ -9,9 +9,11 @@ import cv2
 import numpy as np
 from scipy.io import savemat
 
-from pixcontrast.data.label_maps import PASCAL_CONTEXT_59_NAMES, PASCAL_CONTEXT_59_RAW_IDS
+from pixcontrast.data.label_maps import COCO_STUFF_UNUSED, PASCAL_CONTEXT_59_NAMES, PASCAL_CONTEXT_59_RAW_IDS
 
 HEIGHT, WIDTH = 32, 64
+#: stuffthingmaps values that real annotations hold (the 11 unused category ids never occur).
+COCO_USED_VALUES = np.array([v for v in range(182) if v not in COCO_STUFF_UNUSED])
 
 
 def write_image(path: Path, rng: np.random.Generator, size: tuple[int, int] = (HEIGHT, WIDTH)) -> None:
@@ -74,20 +76,22 @@ def tar_release(release: Path, target: Path) -> Path:
 
 
 def make_coco_stuff(root: Path, counts: dict[str, int] | None = None, seed: int = 0) -> Path:
-    """``{train,val}2017/<id>.jpg`` + ``stuffthingmaps_trainval2017/{train,val}2017/<id>.png`` (0..181, 255)."""
+    """``{train,val}2017/<id>.jpg`` + ``stuffthingmaps_trainval2017/{train,val}2017/<id>.png`` (used values of
+    0..181, 255 unlabelled)."""
     rng = np.random.default_rng(seed)
     for split, count in (counts or {"train": 3, "val": 2}).items():
         for index in range(count):
             image_id = f"{index + (1 if split == 'train' else 100):012d}"
             write_image(root / f"{split}2017" / f"{image_id}.jpg", rng)
-            label = rng.integers(0, 182, (HEIGHT, WIDTH))
+            label = rng.choice(COCO_USED_VALUES, (HEIGHT, WIDTH))
             label[:2] = 255
             write_png_label(root / "stuffthingmaps_trainval2017" / f"{split}2017" / f"{image_id}.png", label)
     return root
 
 
 def make_coco_stuff_10k(root: Path, seed: int = 0) -> Path:
-    """``images/<name>.jpg``, ``annotations/<name>.mat`` (key ``S``: 0 unlabelled, 1..182), ``imageLists``."""
+    """``images/<name>.jpg``, ``annotations/<name>.mat`` (key ``S``: 0 unlabelled, used category ids of 1..182),
+    ``imageLists``."""
     rng = np.random.default_rng(seed)
     lists = {"train": ["COCO_train2014_000000000077", "COCO_train2014_000000000078"],
              "test": ["COCO_train2014_000000000081"]}  # fmt: skip
@@ -97,6 +101,6 @@ def make_coco_stuff_10k(root: Path, seed: int = 0) -> Path:
         for name in names:
             write_image(root / "images" / f"{name}.jpg", rng)
             (root / "annotations").mkdir(parents=True, exist_ok=True)
-            labels = rng.integers(0, 183, (HEIGHT, WIDTH)).astype(np.uint16)
+            labels = rng.choice(np.append(COCO_USED_VALUES + 1, 0), (HEIGHT, WIDTH)).astype(np.uint16)
             savemat(root / "annotations" / f"{name}.mat", {"S": labels, "names": np.array(["x"], dtype=object)})
     return root

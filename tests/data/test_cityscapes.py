@@ -9,6 +9,7 @@ import torch
 from dataset_layouts import HEIGHT, WIDTH, make_cityscapes, write_image, write_png_label
 
 from pixcontrast.data.cityscapes import CityscapesDataModule
+from pixcontrast.data.label_maps import LabelValueError
 from pixcontrast.data.prepare import prepare_cityscapes
 
 
@@ -146,13 +147,43 @@ def test_label_of_other_size_is_rejected(cityscapes_root: Path) -> None:
         CityscapesDataModule(str(cityscapes_root)).build_dataset("val").load_sample(0)
 
 
-def test_label_values_outside_the_set_are_ignored(cityscapes_root: Path) -> None:
-    label = np.full((HEIGHT, WIDTH), 200, dtype=np.uint8)
-    label[0, 0] = 7
-    write_png_label(cityscapes_root / "gtFine" / "val" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png", label)
-    for label_set in ("19", "27"):
+LABEL_IDS = "gtFine/val/aachen/aachen_000000_000019_gtFine_labelIds.png"
+
+
+def test_ids_without_a_class_and_255_are_ignored(cityscapes_root: Path) -> None:
+    label = np.array([[7, 0, 6, 9, 29, 255] * (WIDTH // 6) + [7] * (WIDTH % 6)] * HEIGHT, dtype=np.uint8)
+    write_png_label(cityscapes_root / LABEL_IDS, label)
+    for label_set, first in (("19", 0), ("27", 0)):
         mask = CityscapesDataModule(str(cityscapes_root), label_set).build_dataset("val").load_sample(0).mask
-        assert mask[0, 0] == 0 and (mask.ravel()[1:] == 255).all()
+        assert mask[0, 0] == first and (mask[0, 1:3] == 255).all() and mask[0, 5] == 255
+    mask_27 = CityscapesDataModule(str(cityscapes_root), "27").build_dataset("val").load_sample(0).mask
+    assert mask_27[0, 3] == 2 and mask_27[0, 4] == 22  # parking and caravan are classes of the 27-class set
+
+
+@pytest.mark.parametrize("label_set", ["19", "27"])
+def test_label_ids_outside_the_set_raise_naming_file_values_and_fix(cityscapes_root: Path, label_set: str) -> None:
+    label = np.full((HEIGHT, WIDTH), 7, dtype=np.uint8)
+    label[3, 3], label[4, 4] = 40, 200
+    write_png_label(cityscapes_root / LABEL_IDS, label)
+    dataset = CityscapesDataModule(str(cityscapes_root), label_set).build_dataset("val")
+    with pytest.raises(LabelValueError, match=r"aachen_000000_000019_gtFine_labelIds\.png.* 40, 200\. .*labelTrainIds"):
+        dataset.load_sample(0)
+
+
+def test_train_id_files_with_label_ids_raise_naming_the_prepare_command(cityscapes_root: Path) -> None:
+    prepare_cityscapes(cityscapes_root, workers=1)
+    train_ids = cityscapes_root / LABEL_IDS.replace("labelIds", "labelTrainIds")
+    write_png_label(train_ids, np.full((HEIGHT, WIDTH), 40))  # e.g. label ids saved under the train-id name
+    dataset = CityscapesDataModule(str(cityscapes_root)).build_dataset("val")
+    with pytest.raises(LabelValueError, match=r"labelTrainIds\.png.*: 40\. Expected Cityscapes train ids 0\.\.18 and 255.*"
+                       r"pixcontrast prepare cityscapes --root ROOT --overwrite"):
+        dataset.load_sample(0)
+
+
+def test_prepare_rejects_unknown_label_ids(cityscapes_root: Path) -> None:
+    write_png_label(cityscapes_root / LABEL_IDS, np.full((HEIGHT, WIDTH), 77))
+    with pytest.raises(LabelValueError, match="aachen_000000_000019_gtFine_labelIds.png.*77"):
+        prepare_cityscapes(cityscapes_root, workers=1)
 
 
 def test_empty_split_says_so(cityscapes_root: Path) -> None:

@@ -5,11 +5,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from dataset_layouts import make_coco_stuff_10k
-from scipy.io import loadmat
+from dataset_layouts import make_coco_stuff_10k, write_png_label
+from scipy.io import loadmat, savemat
 
 from pixcontrast.data.coco_stuff import COCOStuffDataModule, normalize_image_id
-from pixcontrast.data.label_maps import COCO_STUFF_FINE_TO_COARSE, COCO_STUFF_LABEL_SETS, COCO_STUFF_UNUSED
+from pixcontrast.data.label_maps import (
+    COCO_STUFF_FINE_TO_COARSE,
+    COCO_STUFF_LABEL_SETS,
+    COCO_STUFF_UNUSED,
+    LabelValueError,
+)
 
 
 def _stuffthingmap(root: Path, split: str, image_id: str) -> np.ndarray:
@@ -25,7 +30,7 @@ def test_label_set_tables() -> None:
     assert len(set(COCO_STUFF_LABEL_SETS["27"].names)) == 27
 
 
-def test_label_set_171_is_contiguous_and_ignores_unused(coco_root: Path) -> None:
+def test_label_set_171_is_contiguous(coco_root: Path) -> None:
     datamodule = COCOStuffDataModule(str(coco_root), label_set="171")
     datamodule.setup("validate")
     sample = datamodule.val_dataset.load_sample(0)
@@ -34,7 +39,7 @@ def test_label_set_171_is_contiguous_and_ignores_unused(coco_root: Path) -> None
     table = np.full(256, 255)
     table[used] = np.arange(171)
     np.testing.assert_array_equal(sample.mask, table[raw])
-    assert (sample.mask[np.isin(raw, COCO_STUFF_UNUSED)] == 255).all() and (sample.mask[:2] == 255).all()
+    assert (sample.mask[:2] == 255).all()
     assert sample.name == "000000000100" and datamodule.num_classes == 171
 
 
@@ -112,3 +117,25 @@ def test_corrupt_annotation_is_named(tmp_path: Path) -> None:
     dataset = COCOStuffDataModule(str(root), variant="10k").build_dataset("val")
     with pytest.raises(RuntimeError, match="COCO_train2014_000000000081.mat"):
         dataset.load_sample(0)
+
+
+@pytest.mark.parametrize("label_set", ["171", "27"])
+@pytest.mark.parametrize("bad_value", [COCO_STUFF_UNUSED[0], 182, 254])
+def test_unused_and_out_of_range_values_raise(coco_root: Path, label_set: str, bad_value: int) -> None:
+    path = coco_root / "stuffthingmaps_trainval2017" / "val2017" / "000000000100.png"
+    label = _stuffthingmap(coco_root, "val", "000000000100")
+    label[5, 5] = bad_value
+    write_png_label(path, label)
+    dataset = COCOStuffDataModule(str(coco_root), label_set=label_set).build_dataset("val")
+    with pytest.raises(LabelValueError, match=rf"000000000100\.png.* {bad_value}\. .*off by one"):
+        dataset.load_sample(0)
+
+
+def test_coco_stuff_10k_out_of_range_category_ids_raise(tmp_path: Path) -> None:
+    root = make_coco_stuff_10k(tmp_path / "coco10k")
+    path = root / "annotations" / "COCO_train2014_000000000081.mat"
+    labels = loadmat(path)["S"]
+    labels[0, 0] = 300  # would wrap to a valid value if cast to uint8
+    savemat(path, {"S": labels})
+    with pytest.raises(LabelValueError, match=r"000000000081\.mat.*: 299\."):
+        COCOStuffDataModule(str(root), variant="10k").build_dataset("val").load_sample(0)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from pixcontrast.data.io import apply_lut, missing_files, read_id_list, read_image, read_label, write_label
-from pixcontrast.data.label_maps import build_lut
+from pixcontrast.data.label_maps import UNKNOWN_LABEL, build_lut
 
 
 def test_read_image_is_rgb(tmp_path: Path) -> None:
@@ -51,13 +51,15 @@ def test_write_label_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.png"]
 
 
-def test_apply_lut_ignores_values_outside_the_table() -> None:
-    lut = build_lut({1: 0, 2: 1}, size=4)
+def test_apply_lut_marks_values_outside_the_table() -> None:
+    lut = build_lut({1: 0, 2: 1}, ignored=[3], size=4)
+    u = UNKNOWN_LABEL
     raw = np.array([[0, 1, 2, 3, 4, 1000]], dtype=np.uint16)
-    np.testing.assert_array_equal(apply_lut(raw, lut), [[255, 0, 1, 255, 255, 255]])
-    np.testing.assert_array_equal(apply_lut(np.array([[-1, 2]]), lut), [[255, 1]])
-    full = build_lut({7: 0})
-    np.testing.assert_array_equal(apply_lut(np.array([[7, 8]], dtype=np.uint8), full), [[0, 255]])
+    np.testing.assert_array_equal(apply_lut(raw, lut, outside=u), [[u, 0, 1, 255, u, u]])
+    np.testing.assert_array_equal(apply_lut(np.array([[-1, 2]]), lut, outside=u), [[u, 1]])
+    full = build_lut({7: 0})  # the OpenCV path of uint8 maps gives the same table look-up
+    assert full[255] == 255 and full.dtype == np.int16
+    np.testing.assert_array_equal(apply_lut(np.array([[7, 8, 255]], dtype=np.uint8), full, outside=u), [[0, u, 255]])
 
 
 def test_id_lists_and_missing_files(tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dataset_layouts import make_pascal_context
+from dataset_layouts import make_pascal_context, write_png_label
 
-from pixcontrast.data.label_maps import PASCAL_CONTEXT_59_RAW_IDS
+from pixcontrast.data.label_maps import PASCAL_CONTEXT_59_RAW_IDS, LabelValueError
 from pixcontrast.data.pascal_context import PascalContextDataModule
 from pixcontrast.data.prepare import prepare_pascal_context
 
@@ -85,3 +85,21 @@ def test_missing_split_list_is_named(prepared: tuple[Path, dict[str, np.ndarray]
 def test_unknown_label_set(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown label_set '21'"):
         PascalContextDataModule(str(tmp_path), label_set="21")
+
+
+@pytest.mark.parametrize("label_set", ["59", "60"])
+def test_values_outside_the_prepared_range_raise_naming_the_prepare_command(
+    prepared: tuple[Path, dict[str, np.ndarray]], label_set: str
+) -> None:
+    root, raw_maps = prepared
+    path = root / "VOCdevkit" / "VOC2010" / "SegmentationClassContext" / "2008_000009.png"
+    label = np.full(raw_maps["2008_000009"].shape, 255, dtype=np.uint8)  # 255 alone is ignore, not an error
+    label[0, :3] = (0, 59, 60)
+    write_png_label(path, label)
+    dataset = PascalContextDataModule(str(root), label_set=label_set).build_dataset("val")
+    with pytest.raises(LabelValueError, match=r"2008_000009\.png.*: 60\. .*pixcontrast prepare pascal-context"):
+        dataset.load_sample(0)
+    label[0, 2] = 255
+    write_png_label(path, label)
+    mask = dataset.load_sample(0).mask
+    assert tuple(mask[0, :3]) == ((255, 58, 255) if label_set == "59" else (0, 59, 255))

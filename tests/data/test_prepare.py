@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from dataset_layouts import context_labels_text, make_pascal_context, tar_release, write_png_label
 
-from pixcontrast.data.label_maps import CITYSCAPES_LUTS, PASCAL_CONTEXT_59_RAW_IDS
+from pixcontrast.data.label_maps import CITYSCAPES_LOOKUPS, PASCAL_CONTEXT_59_RAW_IDS
 from pixcontrast.data.prepare import (
     context_lut,
     curate_coco_stuff,
@@ -28,7 +28,7 @@ def test_cityscapes_train_ids_parallel_and_idempotent(cityscapes_root: Path) -> 
     sources = sorted((cityscapes_root / "gtFine").rglob("*_gtFine_labelIds.png"))
     for source in sources:
         target = Path(str(source).replace("_labelIds.png", "_labelTrainIds.png"))
-        np.testing.assert_array_equal(_read(target), CITYSCAPES_LUTS["19"][_read(source)])
+        np.testing.assert_array_equal(_read(target), CITYSCAPES_LOOKUPS["19"].table[_read(source)])
     assert prepare_cityscapes(cityscapes_root, workers=1) == 0  # nothing left to do
     assert prepare_cityscapes(cityscapes_root, workers=1, overwrite=True) == 5
     assert not list(cityscapes_root.rglob(".*tmp*"))  # atomic writes leave nothing behind
