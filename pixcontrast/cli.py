@@ -43,7 +43,8 @@ class PixContrastCLI(LightningCLI):
     ``<trainer.default_root_dir>/checkpoints`` unless ``--checkpoint.dirpath`` says otherwise), a Rich progress
     bar (``--progress_bar.*``), ``LearningRateMonitor`` (``--lr_monitor.*``; dropped when the logger is off) and
     :class:`RandomStateCheckpoint` (so ``--ckpt_path last`` resumes exactly where the run stopped).
-    ``num_classes`` and ``class_names`` of the model are taken from the datamodule.
+    ``num_classes`` and ``class_names`` of the model are taken from the datamodule. With a datamodule without
+    labels (``has_labels`` false) there is no ``val/miou``: checkpoints then keep the latest epoch.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -62,9 +63,12 @@ class PixContrastCLI(LightningCLI):
         if config.get("logger") is False:
             callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
         trainer = super()._instantiate_trainer(config, [RandomStateCheckpoint(), *callbacks])
+        unlabelled = not getattr(self.datamodule, "has_labels", True)
         for callback in trainer.checkpoint_callbacks:
             if callback.dirpath is None:  # a fixed folder, so that --ckpt_path last finds the previous run's files
                 callback.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+            if unlabelled and callback.monitor == CHECKPOINT_DEFAULTS["checkpoint.monitor"]:
+                callback.monitor, callback.filename = None, "epoch{epoch:03d}"  # no labels, no val/miou to rank by
         return trainer
 
 

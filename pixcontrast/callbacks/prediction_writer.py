@@ -18,10 +18,13 @@ class SegmentationPredictionWriter(BasePredictionWriter):
     """Save each predict batch as ``<output_dir>/labels/<name>.png`` and ``<output_dir>/overlays/<name>.png``.
 
     The module's ``predict_step`` returns a dict with ``label_map`` (B x H x W int64 class ids), ``name``
-    (list of B file stems) and optionally ``image`` (B x 3 x H x W, ImageNet-normalised). Label PNGs hold the
-    class ids (uint8, or uint16 for more than 255 classes). Overlays blend the image with the class colours
-    (``alpha`` = weight of the colours), or show the colours alone when no image is given. Colours come from
-    ``trainer.datamodule.palette`` (K x 3 uint8) and fall back to a deterministic generated palette.
+    (list of B file stems, may contain ``/`` for nested folders) and optionally ``image`` (B x 3 x H x W,
+    ImageNet-normalised) and ``cluster_map`` (B x H x W cluster ids, as :class:`~pixcontrast.modules.PiCIE`
+    returns). Label PNGs hold the class ids (uint8, or uint16 for more than 255 classes). Overlays blend the
+    image with the class colours (``alpha`` = weight of the colours), or show the colours alone when no image is
+    given. Colours come from ``trainer.datamodule.palette`` (K x 3 uint8) and fall back to a deterministic
+    generated palette. A ``cluster_map`` is written the same way to ``clusters/`` and ``cluster_overlays/``, in
+    generated colours (clusters have no class colours); on unlabelled data it is PiCIE's only output.
 
     Args:
         output_dir: folder to write into (created).
@@ -58,13 +61,31 @@ class SegmentationPredictionWriter(BasePredictionWriter):
         ]
         if len(names) != len(labels):
             raise ValueError(f"predict_step returned {len(names)} names for {len(labels)} label maps")
+        image = prediction.get("image")
         num_classes = _num_classes(trainer, pl_module)
-        count = num_classes if num_classes is not None else int(labels.max(initial=0)) + 1
-        self._write(self.output_dir / "labels", names, labels.astype(np.uint16 if count > 255 else np.uint8))
+        given = getattr(trainer.datamodule, "palette", None)
+        self._write_maps("labels", "overlays", names, labels, num_classes, given, image)
+        if prediction.get("cluster_map") is not None:
+            clusters = prediction["cluster_map"].detach().to("cpu", torch.int64).numpy()
+            num_clusters = getattr(pl_module, "hparams", {}).get("num_clusters")
+            self._write_maps("clusters", "cluster_overlays", names, clusters, num_clusters, None, image)
+
+    def _write_maps(
+        self,
+        folder: str,
+        overlay_folder: str,
+        names: Sequence[str],
+        labels: np.ndarray,
+        count: int | None,
+        palette: np.ndarray | None,
+        image: torch.Tensor | None,
+    ) -> None:
+        """Write ``labels`` B x H x W as id PNGs to ``folder`` and, if enabled, their overlays to ``overlay_folder``."""
+        count = count if count is not None else int(labels.max(initial=0)) + 1
+        self._write(self.output_dir / folder, names, labels.astype(np.uint16 if count > 255 else np.uint8))
         if self.write_overlay:
-            image = prediction.get("image")
-            overlays = self.overlay(labels, _palette(trainer, labels, count), image)
-            self._write(self.output_dir / "overlays", names, overlays)
+            overlays = self.overlay(labels, _palette(palette, labels, count), image)
+            self._write(self.output_dir / overlay_folder, names, overlays)
 
     def overlay(self, labels: np.ndarray, palette: np.ndarray, image: torch.Tensor | None = None) -> np.ndarray:
         """Colour ``labels`` B x H x W with ``palette`` (K x 3 uint8), blend onto ``image`` -> B x H x W x 3 uint8."""
@@ -95,10 +116,9 @@ def _num_classes(trainer: L.Trainer, pl_module: L.LightningModule) -> int | None
     return int(hparams["num_classes"]) if "num_classes" in hparams else None
 
 
-def _palette(trainer: L.Trainer, labels: np.ndarray, count: int) -> np.ndarray:
-    """The datamodule's palette, extended with generated colours to cover every label id present."""
+def _palette(given: np.ndarray | None, labels: np.ndarray, count: int) -> np.ndarray:
+    """``given`` (e.g. the datamodule's palette), extended with generated colours to cover every id present."""
     needed = max(count, int(labels.max(initial=0)) + 1)
-    given = getattr(trainer.datamodule, "palette", None)
     generated = default_palette(needed)
     if given is None:
         return generated

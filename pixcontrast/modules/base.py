@@ -74,7 +74,10 @@ class SegmentationModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+            raise ValueError(
+                f"num_classes must be >= 2, got {num_classes}; a datamodule without classes (e.g. a folder of "
+                "unlabelled images) needs class_names and masks for supervised training"
+            )
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if eval_mode not in EVAL_MODES:
@@ -148,6 +151,16 @@ class SegmentationModule(L.LightningModule):
         )
 
     # -------------------------------------------------------------------------------------------- checks
+    def setup(self, stage: str) -> None:
+        """Refuse a datamodule without labels for fit, validate and test (predict needs none)."""
+        datamodule = self.trainer.datamodule
+        if stage != "predict" and not getattr(datamodule, "has_labels", True):
+            raise ValueError(
+                f"{type(self).__name__} is supervised, but {type(datamodule).__name__} has no labels (no masks "
+                f"folder?), so there is nothing to {stage} on. Add the masks, or learn from unlabelled images with "
+                "pixcontrast.modules.PiCIE wrapped around the datamodule by pixcontrast.data.PiCIEDataModule."
+            )
+
     def check_batch(self, batch: dict[str, Any], stage: str) -> None:
         """Reject unusable batches with a clear message.
 

@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from pixcontrast.data.picie_views import warp_features
@@ -30,7 +30,8 @@ class PiCIE(L.LightningModule):
     """PiCIE on any timm encoder with the paper's light FPN.
 
     Args:
-        num_classes: ground-truth classes of the evaluation label set (set from the datamodule by the CLI).
+        num_classes: ground-truth classes of the evaluation label set (set from the datamodule by the CLI); 0 for
+            unlabelled data, which is clustered and predicted but not evaluated.
         num_clusters: K of the main clustering (paper 27).
         over_clusters: K of the optional over-clustering head (PiCIE+H), trained jointly; ``None`` = off.
         encoder, feature_dim, pretrained, weights_path: see :class:`~pixcontrast.models.fpn.PiCIENetwork`.
@@ -65,8 +66,8 @@ class PiCIE(L.LightningModule):
         class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0: unlabelled data, no evaluation), got {num_classes}")
         if num_clusters < 2:
             raise ValueError(f"num_clusters must be >= 2, got {num_clusters}")
         if over_clusters is not None and over_clusters <= num_clusters:
@@ -84,9 +85,11 @@ class PiCIE(L.LightningModule):
             self.register_buffer(f"centroids_{key}", torch.zeros(count, feature_dim))
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
         self.register_buffer("assignment", torch.full((num_clusters,), -1, dtype=torch.int64))
-        self.val_metric = HungarianMatchedSegmentation(num_classes, num_clusters, ignore_index)
-        self.test_metric = self.val_metric.clone()
-        if over_clusters is not None:
+        self._evaluate = num_classes > 0
+        if self._evaluate:
+            self.val_metric = HungarianMatchedSegmentation(num_classes, num_clusters, ignore_index)
+            self.test_metric = self.val_metric.clone()
+        if over_clusters is not None and self._evaluate:
             self.val_over_metric = HungarianMatchedSegmentation(
                 num_classes, over_clusters, ignore_index, matching="majority"
             )
@@ -224,6 +227,15 @@ class PiCIE(L.LightningModule):
         return losses["loss"]
 
     # ---------------------------------------------------------------------------------------- evaluation
+    def setup(self, stage: str) -> None:
+        """Skip the evaluation metrics, with one log line, when the data has no labels."""
+        self._evaluate = self.hparams.num_classes > 0 and getattr(self.trainer.datamodule, "has_labels", True)
+        if not self._evaluate and stage != "predict":
+            rank_zero_info(
+                "PiCIE: the data has no labels, so the evaluation metrics (val/miou, ...) are skipped; "
+                "clustering, training and prediction run as usual"
+            )
+
     def cluster_logits(self, images: Tensor, key: str = "view1", features: Tensor | None = None) -> Tensor:
         """Cosine scores of every pixel against the centroids ``key``, at input size: ``B x K x H x W``.
 
@@ -234,7 +246,7 @@ class PiCIE(L.LightningModule):
         return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     def _evaluation_step(self, batch: Mapping[str, Any], stage: str) -> None:
-        if not self.has_centroids:
+        if not self._evaluate or not self.has_centroids:
             return  # e.g. the sanity check before the first clustering pass
         images, masks = batch["image"], batch["mask"]
         features = self(images)  # one forward pass for both heads
@@ -244,6 +256,8 @@ class PiCIE(L.LightningModule):
             getattr(self, f"{stage}_over_metric").update(over_logits, masks)
 
     def _log_epoch_metrics(self, stage: str) -> None:
+        if not self._evaluate:
+            return
         if not self.has_centroids:
             rank_zero_warn(f"PiCIE: no centroids yet, {stage} metrics skipped (they need a clustering pass)")
             return

@@ -104,3 +104,31 @@ def make_coco_stuff_10k(root: Path, seed: int = 0) -> Path:
             labels = rng.choice(np.append(COCO_USED_VALUES + 1, 0), (HEIGHT, WIDTH)).astype(np.uint16)
             savemat(root / "annotations" / f"{name}.mat", {"S": labels, "names": np.array(["x"], dtype=object)})
     return root
+
+
+#: Colours of the three classes of :func:`make_folder` with ``colour_masks`` (and the ignore colour).
+FOLDER_PALETTE = ((128, 0, 0), (0, 128, 0), (0, 0, 128))
+FOLDER_IGNORE_COLOUR = (255, 255, 255)
+
+
+def make_folder(
+    root: Path, count: int = 6, masks: bool = True, colour_masks: bool = False, seed: int = 0
+) -> Path:
+    """Your own data: ``images/<nested path>/<name>.{jpg,png}`` and, with ``masks``, ``masks/<same>.png`` with class
+    ids 0..2 and 255 (``colour_masks``: the same classes painted in :data:`FOLDER_PALETTE`, white = ignore)."""
+    rng = np.random.default_rng(seed)
+    colours = np.array([*FOLDER_PALETTE, FOLDER_IGNORE_COLOUR], dtype=np.uint8)
+    for index in range(count):
+        relative = Path(("field", "city/day", "city/night")[index % 3]) / f"shot_{index:03d}"
+        write_image(root / "images" / relative.with_suffix((".jpg", ".png")[index % 2]), rng)
+        if not masks:
+            continue
+        label = rng.integers(0, 3, (HEIGHT, WIDTH))
+        label[:, :2] = 255
+        path = root / "masks" / relative.with_suffix(".png")
+        if colour_masks:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(path), np.ascontiguousarray(colours[np.where(label == 255, 3, label)][..., ::-1]))
+        else:
+            write_png_label(path, label)
+    return root
