@@ -96,3 +96,25 @@ def test_rejects_bad_alpha_and_bad_predictions(tmp_path):
     writer = SegmentationPredictionWriter(tmp_path)
     with pytest.raises(ValueError, match="label_map"):
         writer.write_on_batch_end(None, None, torch.zeros(1, 2, 2), None, None, 0)
+
+
+class _ClusterModule(_ToyModule):
+    """Returns PiCIE's outputs: class maps and cluster maps (here the labels shifted by one)."""
+
+    def __init__(self, num_clusters: int = 5):
+        super().__init__(num_classes=3)
+        self.save_hyperparameters()
+
+    def predict_step(self, batch, batch_idx):
+        return {**super().predict_step(batch, batch_idx), "cluster_map": batch["label"] + 1}
+
+
+def test_cluster_maps_are_written_with_generated_colours(tmp_path):
+    items = _items(2, 3)
+    out = _predict(tmp_path, _ClusterModule(), _ToyData(items, PALETTE), alpha=1.0)
+    for item in items:
+        clusters = np.array(Image.open(out / "clusters" / f"{item['name']}.png"))
+        np.testing.assert_array_equal(clusters, item["label"].numpy() + 1)
+        overlay = np.array(Image.open(out / "cluster_overlays" / f"{item['name']}.png"))
+        np.testing.assert_array_equal(overlay, default_palette(5)[clusters])
+        assert (out / "labels" / f"{item['name']}.png").is_file()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dataset_layouts import make_cityscapes, make_coco_stuff, make_pascal_context
+from dataset_layouts import make_cityscapes, make_coco_stuff, make_folder, make_pascal_context
 
 from pixcontrast.cli import main
 from pixcontrast.data.prepare import prepare_pascal_context
@@ -25,9 +25,15 @@ CPU = [
 REAL_DATA_CPU = ["--trainer.strategy=auto", "--trainer.sync_batchnorm=false", "--trainer.precision=32-true"]
 
 
-def dataset_root(data_class: str, tmp_path: Path) -> Path | None:
-    """Write a tiny copy of the dataset that ``data_class`` reads; None for generated data."""
+FOLDER_CLASS_NAMES = "[grass,road,sky]"  # the three classes of make_folder's masks
+
+
+def dataset_root(data_class: str, tmp_path: Path, labelled: bool = True) -> Path | None:
+    """Write a tiny copy of the dataset that ``data_class`` reads; None for generated data. A folder of your own
+    data is written with masks for the supervised configs and without (``labelled=False``) for PiCIE's."""
     name = data_class.rsplit(".", 1)[-1]
+    if name == "FolderSegmentationDataModule":
+        return make_folder(tmp_path / "my_data", count=4, masks=labelled)
     if name == "CityscapesDataModule":
         return make_cityscapes(tmp_path / "cityscapes", counts={"train": 2, "val": 1})
     if name == "COCOStuffDataModule":
@@ -45,7 +51,7 @@ def overrides(config: dict, tmp_path: Path) -> list[str]:
     args = [f"--trainer.default_root_dir={tmp_path}", *CPU]
     if inner is not None:  # PiCIE wraps the datamodule of the images
         prefix = "--data.init_args.datamodule.init_args"
-        root = dataset_root(inner["class_path"], tmp_path)
+        root = dataset_root(inner["class_path"], tmp_path, labelled=False)
         args += [f"{prefix}.batch_size=2", f"{prefix}.num_workers=0", "--data.init_args.view_size=64",
                  "--data.init_args.input_size=64", "--data.init_args.eval_size=32"]
     else:
@@ -54,6 +60,8 @@ def overrides(config: dict, tmp_path: Path) -> list[str]:
         args += [f"{prefix}.batch_size=2", f"{prefix}.num_workers=0"]
         if root is not None:
             args += [f"{prefix}.crop_size=[36, 68]"]  # not a multiple of 32, as 520 x 520
+        if data["class_path"].endswith("FolderSegmentationDataModule"):
+            args += [f"{prefix}.class_names={FOLDER_CLASS_NAMES}"]
     if root is not None:
         args += [f"{prefix}.root={root}", *REAL_DATA_CPU]
     return args
