@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pixcontrast.data.cityscapes import CityscapesDataModule
-from pixcontrast.data.label_maps import CITYSCAPES_LUTS
+from pixcontrast.data.label_maps import CITYSCAPES_LOOKUPS
 
 HEIGHT, WIDTH = 1024, 2048
 CROP = (512, 1024)
@@ -55,7 +55,7 @@ class BaselineDataset(Dataset):
         from torchvision.transforms import v2
 
         self.images, self.labels, self.tv_tensors = images, labels, tv_tensors
-        self.lut = CITYSCAPES_LUTS["19"]
+        self.lut = CITYSCAPES_LOOKUPS["19"].table  # unchecked look-up, as a plain reimplementation would do
         self.transform = v2.Compose(
             [
                 v2.ScaleJitter(target_size=(HEIGHT, WIDTH), scale_range=(0.5, 2.0)),

@@ -8,7 +8,8 @@ GPU (when CUDA is available): N=1,000,000, d=128, K=27/100/1000, 20 iterations, 
 ms per iteration and the fraction of the device's matmul peak reached by the assignment matmul (2 N K d flops
 per iteration). The peak is looked up from the device name or given with --peak-fp32 / --peak-tf32 (TFLOP/s).
 
-Usage: python benchmarks/bench_kmeans.py [--quick] [--repeats 3]. Prints one JSON line; progress goes to stderr.
+Usage: python benchmarks/bench_kmeans.py [--quick] [--repeats 3] [--gpu-only]; --gpu-only skips the CPU section
+(no faiss needed). Prints one JSON line; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -148,7 +149,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (the best is reported)")
     parser.add_argument("--peak-fp32", type=float, default=None, help="GPU fp32 matmul peak, TFLOP/s")
     parser.add_argument("--peak-tf32", type=float, default=None, help="GPU tf32 matmul peak, TFLOP/s")
+    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU comparison with faiss (needs CUDA)")
     args = parser.parse_args()
+    if args.gpu_only and not torch.cuda.is_available():
+        parser.error("--gpu-only needs a CUDA device")
     repeats = 1 if args.quick else args.repeats
     iters = 20
     output = {
@@ -156,8 +160,10 @@ def main() -> None:
         "quick": args.quick,
         "iterations": iters,
         "threads": torch.get_num_threads(),
-        "cpu": cpu_section(20_000 if args.quick else 200_000, 128, [27] if args.quick else [27, 256], iters, repeats),
     }
+    if not args.gpu_only:
+        n = 20_000 if args.quick else 200_000
+        output["cpu"] = cpu_section(n, 128, [27] if args.quick else [27, 256], iters, repeats)
     if torch.cuda.is_available():
         peaks = gpu_peaks(torch.cuda.get_device_name(), args.peak_fp32, args.peak_tf32)
         n = 100_000 if args.quick else 1_000_000
