@@ -137,14 +137,15 @@ class FolderSegmentationDataModule(FileSegmentationDataModule):
 
     @property
     def class_names(self) -> Sequence[str]:
-        if self._class_names is not None:
-            return self._class_names
-        if self.has_labels:
-            raise ValueError(
-                f"{self.dataset_name}: the masks in {str(self.masks_dir)!r} need class_names (index = class id), "
-                "e.g. --data.class_names=[sky,road,car]"
-            )
-        return ()
+        if self._class_names is None and self.has_labels:
+            raise self._missing_class_names()
+        return self._class_names or ()
+
+    def _missing_class_names(self) -> ValueError:
+        return ValueError(
+            f"{self.dataset_name}: the masks in {str(self.masks_dir)!r} need class_names (index = class id), "
+            "e.g. --data.class_names=[sky,road,car]"
+        )
 
     @property
     def palette(self) -> np.ndarray:
@@ -217,9 +218,10 @@ class FolderSegmentationDataModule(FileSegmentationDataModule):
         names = [str(Path(path).with_suffix("").as_posix()) for path in relative]
         labels = None
         if mask_dir is not None:
+            if self.label_mapping is None:  # masks without class names: say so before any file is read
+                raise self._missing_class_names()
             labels = [mask_dir / f"{name}{self.mask_suffix}" for name in names]
             self.check_files(labels, f"{split} masks ({str(mask_dir)!r}/<image path>{self.mask_suffix})")
-            _ = self.class_names  # masks without class names: say so before any file is read
         elif split == "train":
             rank_zero_info(f"{self.dataset_name}: no masks folder {str(self.masks_dir)!r}: the images are unlabelled")
         return FileSegmentationDataset(
