@@ -129,11 +129,23 @@ def test_validation_metrics_are_logged_after_clustering():
         ({"temperature": 0.0}, "temperature"),
         ({"class_names": ["a"]}, "class_names"),
         ({"encoder": "resnet_eighteen"}, "unknown encoder"),
+        ({"num_classes": -1}, "num_classes must be >= 0"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         _model(**kwargs)
+
+
+def test_without_ground_truth_classes_there_is_nothing_to_evaluate():
+    model = _model(num_classes=0)  # unlabelled data: the CLI links num_classes = 0 from the datamodule
+    assert not hasattr(model, "val_metric")
+    _fit_centroids(model, _batch())
+    model.eval()
+    model.validation_step({"image": torch.randn(2, 3, 32, 32), "mask": torch.full((2, 32, 32), 255)}, 0)
+    model.on_validation_epoch_end()  # skipped, no metric to compute
+    cluster_map, label_map = model.predict_maps(torch.randn(2, 3, 32, 32))
+    assert torch.equal(cluster_map, label_map) and int(cluster_map.max()) < 4
 
 
 def test_batches_without_two_views_are_rejected():
