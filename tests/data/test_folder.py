@@ -170,3 +170,12 @@ def test_bad_layouts_name_the_problem(tmp_path: Path) -> None:
     single = make_folder(tmp_path / "single", count=1, masks=False)
     with pytest.raises(FileNotFoundError, match="at least 2 images"):
         FolderSegmentationDataModule(str(single)).setup("fit")
+
+
+def test_a_bad_mask_read_in_a_loader_worker_is_named(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data", count=2)
+    datamodule = FolderSegmentationDataModule(str(root), class_names=NAMES[:2], val_images="images", val_masks="masks",
+                                              num_workers=1, persistent_workers=False)
+    datamodule.setup("validate")
+    with pytest.raises(LabelValueError, match=r"(?s)LabelValueError: label map .*shot_00\d\.png.* 2\. Expected class ids 0\.\.1"):
+        next(iter(datamodule.val_dataloader()))
