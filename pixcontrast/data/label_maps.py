@@ -10,7 +10,7 @@ the file, the values and the fix, so a wrong label format never trains silently 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -263,15 +263,22 @@ COCO_STUFF_LOOKUPS: dict[str, LabelLookup] = {
 
 
 # ----------------------------------------------------------------------------------------------- colour masks
-def colour_codes(rgb: np.ndarray) -> np.ndarray:
-    """``... x 3`` uint8 colours -> ``...`` int32 codes ``r << 16 | g << 8 | b``."""
-    rgb = rgb.astype(np.int32, copy=False)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+def _level_table(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """A 256-entry int32 table: a value's rank among the distinct ``values``, their count for any other value."""
+    levels = np.unique(values)
+    table = np.full(256, len(levels), dtype=np.int32)
+    table[levels] = np.arange(len(levels), dtype=np.int32)
+    return table, len(levels)
 
 
 @dataclass(frozen=True)
 class ColourLookup:
     """Checked mapping of colour-coded masks (``H x W x 3`` uint8 RGB) to class ids.
+
+    Vectorised through small tables instead of a search per pixel: each channel value becomes its rank among the
+    palette's values of that channel (one OpenCV LUT for the three channels), the (red, green) ranks index the
+    distinct (red, green) pairs of the palette, and (pair, blue) indexes the class table, ``UNKNOWN_LABEL`` where
+    no palette colour matches.
 
     Attributes:
         colours: ``N x 3`` uint8, each colour once.
@@ -283,24 +290,35 @@ class ColourLookup:
     classes: np.ndarray
     expected: str
     fix: str
+    _tables: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        codes = colour_codes(np.asarray(self.colours, dtype=np.uint8).reshape(-1, 3))
-        if len(np.unique(codes)) != len(codes):
-            raise ValueError(f"the mask colours must be distinct, got {np.asarray(self.colours).tolist()}")
+        colours = np.asarray(self.colours, dtype=np.uint8).reshape(-1, 3)
+        if len(np.unique(colours, axis=0)) != len(colours):
+            raise ValueError(f"the mask colours must be distinct, got {colours.tolist()}")
+        (red, reds), (green, greens), (blue, blues) = (_level_table(colours[:, c]) for c in range(3))
+        channel_table = np.stack([red, green, blue], axis=-1).reshape(256, 1, 3)
+        pair = red[colours[:, 0]] * (greens + 1) + green[colours[:, 1]]
+        pairs, pair_rank = np.unique(pair, return_inverse=True)
+        pair_table = np.full((reds + 1) * (greens + 1), len(pairs), dtype=np.int32)
+        pair_table[pairs] = np.arange(len(pairs), dtype=np.int32)
+        class_table = np.full((len(pairs) + 1) * (blues + 1), UNKNOWN_LABEL, dtype=np.int16)
+        class_table[pair_rank.reshape(-1) * (blues + 1) + blue[colours[:, 2]]] = np.asarray(self.classes)
+        object.__setattr__(self, "_tables", (channel_table, greens + 1, pair_table, blues + 1, class_table))
 
     def __call__(self, rgb: np.ndarray, source: str) -> np.ndarray:
         """``H x W x 3`` colours of the file ``source`` -> ``H x W`` int64 class ids (255 = ignore).
 
         Raises :class:`LabelValueError` naming the colours that are not in the table.
         """
-        if rgb.ndim != 3 or rgb.shape[-1] != 3:
-            raise LabelValueError(f"label map {source!r} is not an RGB image (shape {rgb.shape}); {self.fix}")
-        keys = colour_codes(np.asarray(self.colours, dtype=np.uint8).reshape(-1, 3))
-        order = np.argsort(keys)
-        codes = colour_codes(rgb)
-        position = np.searchsorted(keys[order], codes).clip(max=len(keys) - 1)
-        known = keys[order][position] == codes
-        if not known.all():
-            raise label_value_error(source, rgb[~known], self.expected, self.fix)
-        return np.asarray(self.classes, dtype=np.int64)[order][position]
+        import cv2
+
+        if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+            raise LabelValueError(f"label map {source!r} is not an 8-bit RGB image (shape {rgb.shape}); {self.fix}")
+        channel_table, green_stride, pair_table, blue_stride, class_table = self._tables
+        ranks = cv2.LUT(np.ascontiguousarray(rgb), channel_table)
+        pair = pair_table.take(ranks[..., 0] * green_stride + ranks[..., 1])
+        mapped = class_table.take(pair * blue_stride + ranks[..., 2])
+        if mapped.size and mapped.min() < 0:
+            raise label_value_error(source, rgb[mapped < 0], self.expected, self.fix)
+        return mapped.astype(np.int64)
