@@ -66,7 +66,8 @@ class FolderSegmentationDataModule(FileSegmentationDataModule):
     :class:`~pixcontrast.data.label_maps.LabelValueError` naming the file and the values.
 
     Validation reads ``val_images`` (and ``val_masks``) when given, else a deterministic ``val_fraction`` of
-    the images chosen by a hash of their relative path. Test and predict use the validation split (to predict
+    the images chosen by a hash of their relative path. Unlabelled training images with labelled validation
+    folders (``val_masks``) suit PiCIE: it trains on the images and is evaluated on the masks. Test and predict use the validation split (to predict
     every image, pass ``val_images=images``). Items are named by their relative path without suffix.
 
     Args:
@@ -132,8 +133,8 @@ class FolderSegmentationDataModule(FileSegmentationDataModule):
     # ------------------------------------------------------------------------------------------ label set
     @property
     def has_labels(self) -> bool:
-        """Whether the images come with masks (the masks folder exists)."""
-        return self.masks_dir.is_dir()
+        """Whether any split has masks (the masks folder, or the val_masks folder, exists)."""
+        return self.masks_dir.is_dir() or (self.val_masks_dir is not None and self.val_masks_dir.is_dir())
 
     @property
     def class_names(self) -> Sequence[str]:
@@ -193,7 +194,7 @@ class FolderSegmentationDataModule(FileSegmentationDataModule):
 
     def _files(self, split: str) -> tuple[Path, Path | None, list[str]]:
         """The image folder, mask folder (``None``: unlabelled) and relative image paths of ``split``."""
-        masks = self.masks_dir if self.has_labels else None
+        masks = self.masks_dir if self.masks_dir.is_dir() else None
         if split != "train" and self.val_images_dir is not None:
             if masks is not None and self.val_masks_dir is None:
                 raise ValueError(

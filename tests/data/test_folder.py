@@ -115,6 +115,17 @@ def test_without_masks_the_images_are_unlabelled(tmp_path: Path) -> None:
     assert (datamodule.train_dataset.load_sample(0).mask == 255).all()
 
 
+def test_unlabelled_training_images_with_labelled_validation_folders(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "photos", count=4, masks=False)
+    make_folder(tmp_path / "labelled", count=2, seed=1)
+    datamodule = FolderSegmentationDataModule(str(root), class_names=NAMES, val_images=str(tmp_path / "labelled/images"),
+                                              val_masks=str(tmp_path / "labelled/masks"))
+    assert datamodule.has_labels  # PiCIE is evaluated on the validation masks
+    datamodule.setup("fit")
+    assert (datamodule.train_dataset.load_sample(0).mask == 255).all()
+    assert (datamodule.val_dataset.load_sample(0).mask < 3).any()
+
+
 def test_supervised_module_on_unlabelled_data_fails_at_setup(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "photos", count=4, masks=False)
     datamodule = FolderSegmentationDataModule(str(root), class_names=NAMES, batch_size=2, crop_size=(16, 16))
