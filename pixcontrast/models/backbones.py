@@ -192,7 +192,7 @@ def pyramid_level(channels: int, scale: float) -> tuple[nn.Module, int]:
     """One level of ViTDet's simple feature pyramid and its output channels.
 
     x4: two 2x2 stride-2 transposed convs (BN + GELU between), halving the channels each time; x2: one;
-    x1: identity; x0.5: 2x2 max pooling.
+    x1: identity; x0.5: 2x2 max pooling (``ceil_mode``: an odd number of patches keeps its last row / column).
     """
     if scale == 4:
         half = channels // 2
@@ -203,7 +203,7 @@ def pyramid_level(channels: int, scale: float) -> tuple[nn.Module, int]:
     if scale == 1:
         return nn.Identity(), channels
     if scale == 0.5:
-        return nn.MaxPool2d(2), channels
+        return nn.MaxPool2d(2, ceil_mode=True), channels
     raise ValueError(f"no pyramid level for scale {scale}")
 
 
@@ -213,7 +213,7 @@ class ViTEncoder(Encoder):
     The last block's patch tokens (after the final norm; class and register tokens dropped) form a map at the
     patch stride ``p``; the pyramid turns it into four maps at strides ``p/4, p/2, p, 2p`` (ViT-S/16: 4, 8, 16,
     32 with 96, 192, 384, 384 channels). Position embeddings are interpolated to any input size (timm's dynamic
-    image size); sides that are not multiples of ``2p`` are padded and cropped back.
+    image size); sides that are not multiples of ``p`` are padded and the maps cropped back.
 
     ``output_stride`` picks the map the decode, auxiliary and projection heads read: None (default) is the last
     block itself (stride ``p``), or any stride of the pyramid (8 reads ViT-S/16's upsampled stride-8 level).
@@ -256,7 +256,7 @@ class ViTEncoder(Encoder):
         return [level(tokens) for level in self.pyramid]
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        return run_padded(self._pyramid, images, 2 * self.patch_size, self.reductions)
+        return run_padded(self._pyramid, images, self.patch_size, self.reductions)
 
 
 def _stride(value: float) -> float:
@@ -317,8 +317,13 @@ def check_output_stride(output_stride: int | None) -> None:
 
 
 def check_model_name(name: str) -> None:
-    """Raise ``ValueError`` naming close matches when timm has no model ``name``."""
+    """Raise ``ValueError`` naming close matches when timm has no model ``name`` or no pretrained tag ``name.tag``."""
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models() for the names"
         raise ValueError(f"unknown encoder {name!r}{hint}")
+    architecture, _, tag = name.partition(".")
+    tags = timm.list_pretrained(f"{architecture}.*")
+    if tag and name not in tags:
+        hint = f"its tags: {', '.join(tags)}" if tags else "timm has no pretrained weights for it"
+        raise ValueError(f"unknown pretrained tag {tag!r} of encoder {architecture!r}; {hint}")
