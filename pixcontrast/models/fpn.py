@@ -68,7 +68,7 @@ class PiCIENetwork(nn.Module):
     :class:`~pixcontrast.models.backbones.ViTEncoder`) gives the levels (DINO ViT-S/8: strides 4, 8, 16).
 
     ``forward(images B x 3 x H x W) -> B x feature_dim x H / r x W / r`` unit-norm features, ``r = reduction``
-    (4 for ResNets, Swin, ConvNeXt and ViT/8 or ViT/16: a 320 x 320 input gives 80 x 80 maps; 7 for a ViT/14).
+    (4 for ResNets, Swin, ConvNeXt and ViT/8 or ViT/16: a 320 x 320 input gives 80 x 80 maps; 3.5 for a ViT/14).
     """
 
     def __init__(

@@ -1,7 +1,8 @@
 """Every example config parses and runs one training and one validation batch (fast_dev_run).
 
 Configs of real datasets run on tiny generated copies of the official layouts, on the CPU, with the model
-exactly as configured (only data size, devices and precision are overridden).
+exactly as configured except its weights: they start from random values (``pretrained=false``) instead of the
+downloaded ImageNet / DINO weights, so no test touches the network.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def overrides(config: dict, tmp_path: Path) -> list[str]:
     data = config["data"]
     inner = data["init_args"].get("datamodule")
     args = [f"--trainer.default_root_dir={tmp_path}", *CPU]
+    if config["model"]["init_args"].get("pretrained"):
+        args.append("--model.init_args.pretrained=false")
     if inner is not None:  # PiCIE wraps the datamodule of the images
         prefix = "--data.init_args.datamodule.init_args"
         root = dataset_root(inner["class_path"], tmp_path)
