@@ -27,7 +27,6 @@ else downloaded, see :mod:`pixcontrast.models.weights`); ``weights_path`` loads 
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,11 +84,18 @@ def run_padded(
     every input size.
     """
     height, width = images.shape[-2:]
-    padded = F.pad(images, (0, -width % divisor, 0, -height % divisor))
+    # non-negative integer arithmetic only: ONNX rounds negative integer divisions toward zero
+    padded = F.pad(images, (0, (divisor - width % divisor) % divisor, 0, (divisor - height % divisor) % divisor))
     return [
-        feature[..., : math.ceil(height / reduction), : math.ceil(width / reduction)]
+        feature[..., : ceil_div(height, reduction), : ceil_div(width, reduction)]
         for feature, reduction in zip(forward(padded), reductions)
     ]
+
+
+def ceil_div(size: int, reduction: float) -> int:
+    """``ceil(size / reduction)`` in integer arithmetic (exact for 3.5, and traced as a function of ``size``)."""
+    numerator, denominator = float(reduction).as_integer_ratio()
+    return (size * denominator + numerator - 1) // numerator
 
 
 class TimmEncoder(Encoder):
