@@ -233,7 +233,7 @@ class ViTEncoder(Encoder):
         weights_path: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.model = create_timm_model(name, pretrained, num_classes=0, **ANY_SIZE_KWARGS["vision_transformer"])
+        self.model = create_timm_model(name, pretrained, num_classes=0)
         self.model.prune_intermediate_layers(1, prune_norm=False, prune_head=True)
         if weights_path is not None:
             load_weights(self.model, weights_path)
@@ -309,7 +309,7 @@ def build_encoder(
 def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, **kwargs)``; ``pretrained=True`` loads timm's weights (cache, else download).
 
-    Swin gets ``strict_img_size=False`` so it takes any input size.
+    ViTs get ``dynamic_img_size=True`` and Swin ``strict_img_size=False``, so they take any input size.
     """
     timm_kwargs: dict[str, Any] = {**ANY_SIZE_KWARGS.get(timm_family(name) or "", {}), **kwargs}
     if pretrained:
