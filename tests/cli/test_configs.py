@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from dataset_layouts import make_cityscapes, make_coco_stuff, make_pascal_context
 
@@ -66,3 +67,17 @@ def overrides(config: dict, tmp_path: Path) -> list[str]:
 def test_config_runs_with_fast_dev_run(config_path, tmp_path):
     config = yaml.safe_load(config_path.read_text())
     main(["fit", "--config", str(config_path), *overrides(config, tmp_path)])
+
+
+
+def test_synthetic_contrast_trains_a_vit_named_on_the_command_line(tmp_path):
+    from pixcontrast.cli import run_lightning
+    from pixcontrast.models.backbones import ViTEncoder
+
+    config_path = CONFIGS[0].parent / "synthetic_contrast.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    cli = run_lightning(["fit", "--config", str(config_path), *overrides(config, tmp_path),
+                         "--model.init_args.encoder=vit_tiny_patch16_224"])
+    assert isinstance(cli.model.model.encoder, ViTEncoder)
+    assert cli.trainer.global_step == 1
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])

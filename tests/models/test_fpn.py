@@ -78,3 +78,13 @@ def test_picie_network_gives_unit_norm_stride_4_features():
         features = network(torch.randn(1, 3, 64, 64))
     assert network.reduction == 4 and features.shape == (1, 32, 16, 16)
     assert torch.allclose(features.norm(dim=1), torch.ones(1, 16, 16), atol=1e-5)
+
+
+def test_picie_network_on_dinov2_with_registers_reads_its_stride_3_5_pyramid():
+    from pixcontrast.models.fpn import PiCIENetwork
+
+    network = PiCIENetwork("vit_small_patch14_reg4_dinov2.lvd142m", feature_dim=16).eval()
+    assert network.reduction == 3.5 and network.levels == [0, 1, 2, 3]
+    with torch.no_grad():
+        features = network(torch.randn(1, 3, 40, 56))  # 3 x 4 patches of 14, padded from 40 x 56
+    assert features.shape == (1, 16, 12, 16)  # ceil(40 / 3.5) x ceil(56 / 3.5)
