@@ -77,6 +77,11 @@ def _export_onnx(network: nn.Module, example: torch.Tensor, output: Path, opset:
         raise RuntimeError(
             f"ONNX export needs the {error.name!r} package: pip install 'pixcontrast[dev]' (or pip install onnx)"
         ) from error
+    except torch.onnx.errors.UnsupportedOperatorError as error:
+        raise RuntimeError(
+            f"ONNX export at opset {opset}: {error}. ViT encoders resize their position embeddings with "
+            "antialiased bicubic interpolation, which needs opset >= 18 (the default): pass opset=18 or newer"
+        ) from error
 
 
 def _antialiased_bicubic(g: Any, images: Any, output_size: Any, align_corners: Any, scale_factors: Any) -> Any:
