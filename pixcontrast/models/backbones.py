@@ -4,21 +4,16 @@ Every encoder returns a list of ``B x C_i x h_i x w_i`` maps (channels-first, al
 the decode head and the projection head read (``head_index``) and which the auxiliary head reads
 (``aux_index``), with the channels and reductions (strides) of every map, so heads can be sized without running
 the network. Inputs of any size work: they are zero-padded at the bottom/right to a multiple of the encoder's
-coarsest stride and every map is cropped back to ``ceil(size / reduction)``.
+coarsest stride (a ViT: its patch size) and every map is cropped back to ``ceil(size / reduction)``.
 
-Families (``build_encoder`` picks one from the timm name):
+Families (``build_encoder`` picks one from the timm name), their maps and the map the decode / projection head reads:
 
-==================  ==============================================  ======================================
-family              maps                                            head / projection head reads
-==================  ==============================================  ======================================
-HRNet               4 branches (4, 8, 16, 32) + their concat (4)     the concat (stride 4)
-plain ViT           simple pyramid of the last block:               the last block itself (stride = patch)
-(DeiT, DINO,        patch/4, patch/2, patch, 2 x patch              or the level ``output_stride`` names
-DINOv2, registers)
-any other timm      timm's ``features_only`` stages                  the last stage (aux: the one before)
-(ResNet, ConvNeXt,
-Swin, ...)
-==================  ==============================================  ======================================
+- HRNet: the 4 branches (strides 4, 8, 16, 32) + their concatenation (4); heads read the concatenation.
+- plain ViT (DeiT, DINO, DINOv2, with or without registers): a simple pyramid of the last block at strides
+  ``p/4, p/2, p, 2p`` for patch size ``p``; heads read the last block itself (``p``) or the level
+  ``output_stride`` names.
+- any other timm model (ResNet, ConvNeXt, Swin, ...): timm's ``features_only`` stages; heads read the last
+  stage, the auxiliary head the one before.
 
 Weights: ``pretrained=True`` loads timm's pretrained weights for the name or ``name.tag`` (local cache first,
 else downloaded, see :mod:`pixcontrast.models.weights`); ``weights_path`` loads a local checkpoint.
