@@ -67,6 +67,7 @@ def weights():
     return {RESNET: checkpoint("test_resnet", 0), VIT: checkpoint("test_vit", 1)}
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch: 12-15 s on 2 cores
 def test_download_lands_in_the_model_then_cache_is_used_offline(tmp_path, weights):
     buffer = io.BytesIO()
     torch.save(weights[VIT], buffer)
