@@ -99,7 +99,7 @@ def run_export(args: Sequence[str]) -> int:
     parser.add_argument("--output", required=True, help="file to write (.onnx or .pt)")
     parser.add_argument("--height", type=int, default=512, help="example input height used for tracing")
     parser.add_argument("--width", type=int, default=1024, help="example input width used for tracing")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (ViTs need >= 18)")
     options = parser.parse_args(list(args))
     try:
         network = load_inference_network_from_checkpoint(options.ckpt)

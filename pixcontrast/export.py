@@ -21,7 +21,7 @@ def export_model(
     output: str | Path,
     format: str = "onnx",
     example_shape: Sequence[int] = (1, 3, 512, 512),
-    opset: int = 17,
+    opset: int = 18,
     dynamic: bool = True,
 ) -> Path:
     """Write ``network`` (images B x 3 x H x W -> logits B x K x H x W) to ``output`` and return its path.
@@ -29,7 +29,8 @@ def export_model(
     ``torchscript``: ``torch.jit.trace`` on an example input of ``example_shape``; the traced module keeps the
     parameters and accepts other batch sizes and image sizes. ``onnx``: the TorchScript-based ONNX exporter
     (needs the ``onnx`` package, no ``onnxscript``) with input ``images`` and output ``logits``; ``dynamic``
-    makes batch, height and width dynamic axes. The network is traced in eval mode on its own device; its
+    makes batch, height and width dynamic axes. ViTs need ``opset >= 18`` (the default): they resize their
+    position embeddings to the input with antialiased bicubic interpolation, ONNX ``Resize`` with ``antialias``. The network is traced in eval mode on its own device; its
     train/eval mode is restored afterwards.
     """
     if format not in FORMATS:
@@ -69,12 +70,35 @@ def _export_onnx(network: nn.Module, example: torch.Tensor, output: Path, opset:
     }
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         options["dynamo"] = False
+    torch.onnx.register_custom_op_symbolic("aten::_upsample_bicubic2d_aa", _antialiased_bicubic, 18)
     try:
         torch.onnx.export(network, (example,), str(output), **options)
     except ModuleNotFoundError as error:
         raise RuntimeError(
             f"ONNX export needs the {error.name!r} package: pip install 'pixcontrast[dev]' (or pip install onnx)"
         ) from error
+    except torch.onnx.errors.UnsupportedOperatorError as error:
+        raise RuntimeError(
+            f"ONNX export at opset {opset}: {error}. ViT encoders resize their position embeddings with "
+            "antialiased bicubic interpolation, which needs opset >= 18 (the default): pass opset=18 or newer"
+        ) from error
+
+
+def _antialiased_bicubic(g: Any, images: Any, output_size: Any, align_corners: Any, scale_factors: Any) -> Any:
+    """ONNX symbolic of ``aten::_upsample_bicubic2d_aa`` (bicubic with ``antialias=True``, align_corners=False).
+
+    PyTorch's kernel is PIL's: cubic coefficient -0.5 and weights renormalised at the border, which ONNX
+    ``Resize`` (opset 18) computes with ``cubic_coeff_a=-0.5, exclude_outside=1, antialias=1``.
+    """
+    batch_and_channels = g.op(
+        "Slice", g.op("Shape", images), g.op("Constant", value_t=torch.tensor([0])), g.op("Constant", value_t=torch.tensor([2]))
+    )
+    sizes = g.op("Concat", batch_and_channels, g.op("Cast", output_size, to_i=7), axis_i=0)  # 7: int64
+    empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+    return g.op(
+        "Resize", images, empty, empty, sizes, mode_s="cubic", antialias_i=1, cubic_coeff_a_f=-0.5,
+        exclude_outside_i=1, coordinate_transformation_mode_s="half_pixel",
+    )
 
 
 def load_inference_network_from_checkpoint(

@@ -44,20 +44,15 @@ class LightFPN(nn.Module):
         return merged
 
 
-FPN_REDUCTIONS = (4, 8, 16, 32)
+def fpn_levels(reductions: Sequence[float]) -> list[int]:
+    """Indices of the encoder maps the FPN reads: the first map of each distinct reduction above 2.
 
-
-def fpn_levels(reductions: Sequence[int]) -> list[int]:
-    """Indices of the encoder maps the FPN reads: the first map of each of the reductions 4, 8, 16, 32 present.
-
-    A ResNet's ``[2, 4, 8, 16, 32]`` gives ``[1, 2, 3, 4]`` (layer1..layer4); an encoder with fewer scales uses
-    what it has (a plain ViT's single stride-16 map gives one level).
+    A ResNet's ``[2, 4, 8, 16, 32]`` gives ``[1, 2, 3, 4]`` (layer1..layer4; the stride-2 stem is skipped),
+    HRNetV2's ``[4, 8, 16, 32, 4]`` its four branches, a ViT/16's pyramid ``[4, 8, 16, 32]`` all four levels,
+    a ViT/8's ``[2, 4, 8, 16]`` the last three; an encoder with only stride-2 maps uses its coarsest one.
     """
-    levels = [reductions.index(r) for r in FPN_REDUCTIONS if r in reductions]
-    if not levels:
-        coarsest = max(reductions)
-        levels = [reductions.index(coarsest)]
-    return levels
+    levels = [index for index, r in enumerate(reductions) if r > 2 and r not in reductions[:index]]
+    return levels or [reductions.index(max(reductions))]
 
 
 class PiCIENetwork(nn.Module):
@@ -66,11 +61,14 @@ class PiCIENetwork(nn.Module):
     Args:
         encoder: timm model name (default ResNet-18, as the paper).
         feature_dim: channels of the output features (paper 128).
-        pretrained: load timm's weights from the local cache (never downloads).
+        pretrained: load timm's pretrained weights (``name.tag`` picks them; local cache, else downloaded).
         weights_path: local weights file for the encoder (exclusive with ``pretrained``).
 
+    CNNs stay undilated so the FPN merges their four stages; a plain ViT's simple pyramid (see
+    :class:`~pixcontrast.models.backbones.ViTEncoder`) gives the levels (DINO ViT-S/8: strides 4, 8, 16).
+
     ``forward(images B x 3 x H x W) -> B x feature_dim x H / r x W / r`` unit-norm features, ``r = reduction``
-    (4 for ResNets: a 320 x 320 input gives 80 x 80 maps).
+    (4 for ResNets, Swin, ConvNeXt and ViT/8 or ViT/16: a 320 x 320 input gives 80 x 80 maps; 3.5 for a ViT/14).
     """
 
     def __init__(
@@ -81,7 +79,7 @@ class PiCIENetwork(nn.Module):
         weights_path: str | None = None,
     ) -> None:
         super().__init__()
-        self.encoder = build_encoder(encoder, output_stride=None, pretrained=pretrained, weights_path=weights_path)
+        self.encoder = build_encoder(encoder, pretrained=pretrained, weights_path=weights_path, dilate=False)
         self.levels = fpn_levels(list(self.encoder.reductions))
         self.reduction = self.encoder.reductions[self.levels[0]]
         self.fpn = LightFPN([self.encoder.channels[i] for i in self.levels], feature_dim)

@@ -57,15 +57,19 @@ class Segmenter(nn.Module):
 
     Args:
         num_classes: K.
-        encoder: timm model name (``resnet101`` with ``output_stride=8`` is DeepLabV3's dilated ResNet,
-            ``hrnet_w48`` is HRNetV2-W48, any other timm model with ``features_only`` works).
+        encoder: timm model name, optionally with the tag of its pretrained weights (``resnet101`` is
+            DeepLabV3's dilated ResNet, ``hrnet_w48`` HRNetV2-W48, ``vit_small_patch16_224`` /
+            ``vit_small_patch8_224.dino`` a plain ViT with a simple feature pyramid; Swin, ConvNeXt and any
+            other timm model with ``features_only`` work).
         head: ``fcn``, ``aspp`` (DeepLabV3) or ``ocr`` (OCRNet; ``head_channels=512`` as in the paper).
         aux_head: add an FCN auxiliary head on the auxiliary map (ResNet: layer3). OCR always has one: its
             logits are the soft object regions, returned as ``aux_logits``.
         proj_dim: channels of the pixel-contrast projection head (None: no projection head). It reads the
-            map the decode head reads (ResNet: layer4; HRNetV2: the 720-channel concat, before OCR).
-        pretrained, weights_path: encoder weights from timm's local cache or a local file (never downloaded).
-        output_stride: 8 (dilated), 16, 32 or None (model default) for dilatable encoders; HRNet ignores it.
+            map the decode head reads (ResNet: layer4; HRNetV2: the 720-channel concat, before OCR; ViT: the
+            last block at the patch stride; Swin / ConvNeXt: the last stage).
+        pretrained, weights_path: timm's pretrained weights (local cache, else downloaded) or a local file.
+        output_stride: None (default) is 8 for CNNs timm can dilate and the encoder's own stride otherwise;
+            8, 16 or 32 ask for that stride; for a ViT any stride of its pyramid; HRNet ignores it.
         head_channels: width of the decode and auxiliary heads.
         dropout: dropout before the classifiers.
 
@@ -81,7 +85,7 @@ class Segmenter(nn.Module):
         proj_dim: int | None = None,
         pretrained: bool = False,
         weights_path: str | None = None,
-        output_stride: int | None = 8,
+        output_stride: int | None = None,
         head_channels: int = 256,
         dropout: float = 0.1,
     ) -> None:

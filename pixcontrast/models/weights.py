@@ -1,6 +1,8 @@
-"""Local encoder weights: timm's download cache lookup and checkpoint files with any wrapper prefix.
+"""Encoder weights: timm's pretrained weights (cache, else download) and checkpoint files with any wrapper prefix.
 
-Nothing here touches the network: weights come from a file the user names or from a cache already on disk.
+``pretrained_weights_file`` is the one place that may touch the network: it returns timm's weights for a model
+from the local Hugging Face / torch hub cache and downloads them (as ``timm.create_model(pretrained=True)``
+does) only when they are not cached. Offline with nothing cached it fails with the two ways out.
 """
 
 from __future__ import annotations
@@ -14,6 +16,62 @@ from urllib.parse import urlparse
 import timm
 import torch
 from torch import Tensor, nn
+
+
+def pretrained_weights_file(name: str) -> str:
+    """Local path of timm's pretrained weights for ``name`` (``arch`` or ``arch.tag``): cached, else downloaded.
+
+    Downloads go to the Hugging Face hub cache (``HF_HUB_CACHE`` / ``HF_HOME``, endpoint ``HF_ENDPOINT``) or,
+    for weights only published at a URL, to the torch hub cache. Offline (``HF_HUB_OFFLINE=1`` or no network)
+    with nothing cached: ``RuntimeError`` naming the model, the cache folder and both fixes.
+    """
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        architecture = name.split(".")[0]
+        tags = timm.list_pretrained(f"{architecture}.*")
+        hint = f"pretrained tags: {', '.join(tags[:8])}" if tags else "timm has no pretrained weights for it"
+        raise ValueError(f"pretrained=True: no pretrained weights for {name!r} ({hint}); or pass weights_path=<file>")
+    cached = cached_pretrained_file(name)
+    if cached is not None:
+        return cached
+    from huggingface_hub import constants
+
+    cache = constants.HF_HUB_CACHE if cfg.hf_hub_id else str(Path(torch.hub.get_dir()) / "checkpoints")
+    try:
+        return _download_from_hub(cfg.hf_hub_id, cfg.hf_hub_filename) if cfg.hf_hub_id else _download_url(cfg.url)
+    except OSError as error:  # the hub client's offline / HTTP / missing-file errors and urllib's are all OSErrors
+        reason = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else f"{type(error).__name__}: {error}"
+        raise RuntimeError(
+            f"pretrained=True: the weights of encoder {name!r} are not in the local cache {cache} and could not be "
+            f"downloaded ({reason.splitlines()[0]}). Either fetch them on a machine with internet access, "
+            f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\", and copy its cache folder "
+            f"to {cache} here (or point HF_HOME / HF_HUB_CACHE at the copy); or pass weights_path=<file> with a "
+            "local checkpoint of the timm model instead of pretrained=True."
+        ) from None
+
+
+def _download_from_hub(hub_id: str, filename: str | None) -> str:
+    """``hf_hub_download`` of a timm hub id (``repo`` or ``repo@revision``): ``model.safetensors``, else ``.bin``."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    repo_id, _, revision = hub_id.partition("@")
+    if filename:
+        return hf_hub_download(repo_id, filename, revision=revision or None)
+    try:
+        return hf_hub_download(repo_id, "model.safetensors", revision=revision or None)
+    except EntryNotFoundError as error:
+        if isinstance(error, LocalEntryNotFoundError):  # offline, not a missing file on the hub
+            raise
+        return hf_hub_download(repo_id, "pytorch_model.bin", revision=revision or None)
+
+
+def _download_url(url: str) -> str:
+    """Download ``url`` into the torch hub checkpoint folder (where :func:`cached_pretrained_file` looks)."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(url, str(path), progress=False)
+    return str(path)
 
 
 def cached_pretrained_file(name: str) -> str | None:

@@ -53,7 +53,7 @@ class SegmentationModule(L.LightningModule):
         head: Literal["fcn", "aspp", "ocr"] = "fcn",
         aux_head: bool = False,
         aux_weight: float = 0.4,
-        output_stride: int | None = 8,
+        output_stride: int | None = None,
         head_channels: int = 256,
         dropout: float = 0.1,
         pretrained: bool = False,

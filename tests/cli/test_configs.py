@@ -1,7 +1,8 @@
 """Every example config parses and runs one training and one validation batch (fast_dev_run).
 
 Configs of real datasets run on tiny generated copies of the official layouts, on the CPU, with the model
-exactly as configured (only data size, devices and precision are overridden).
+exactly as configured except its weights: they start from random values (``pretrained=false``) instead of the
+downloaded ImageNet / DINO weights, so no test touches the network.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from dataset_layouts import make_cityscapes, make_coco_stuff, make_folder, make_pascal_context
 
@@ -49,6 +51,8 @@ def overrides(config: dict, tmp_path: Path) -> list[str]:
     data = config["data"]
     inner = data["init_args"].get("datamodule")
     args = [f"--trainer.default_root_dir={tmp_path}", *CPU]
+    if config["model"]["init_args"].get("pretrained"):
+        args.append("--model.init_args.pretrained=false")
     if inner is not None:  # PiCIE wraps the datamodule of the images
         prefix = "--data.init_args.datamodule.init_args"
         root = dataset_root(inner["class_path"], tmp_path, labelled=False)
@@ -71,3 +75,17 @@ def overrides(config: dict, tmp_path: Path) -> list[str]:
 def test_config_runs_with_fast_dev_run(config_path, tmp_path):
     config = yaml.safe_load(config_path.read_text())
     main(["fit", "--config", str(config_path), *overrides(config, tmp_path)])
+
+
+
+def test_synthetic_contrast_trains_a_vit_named_on_the_command_line(tmp_path):
+    from pixcontrast.cli import run_lightning
+    from pixcontrast.models.backbones import ViTEncoder
+
+    config_path = CONFIGS[0].parent / "synthetic_contrast.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    cli = run_lightning(["fit", "--config", str(config_path), *overrides(config, tmp_path),
+                         "--model.init_args.encoder=vit_tiny_patch16_224"])
+    assert isinstance(cli.model.model.encoder, ViTEncoder)
+    assert cli.trainer.global_step == 1
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])

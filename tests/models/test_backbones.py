@@ -33,9 +33,12 @@ def test_dilated_resnet50_tiny_input():
     _assert_shapes(encoder, features, 32)
 
 
-def test_output_stride_none_keeps_model_stride():
-    encoder = build_encoder("resnet18", output_stride=None)
-    assert encoder.reductions[-1] == 32
+def test_default_output_stride_dilates_cnns_to_8_unless_dilate_is_false():
+    assert build_encoder("resnet18").reductions[-1] == 8
+    assert build_encoder("resnet18", output_stride=32).reductions[-1] == 32
+    assert build_encoder("resnet18", dilate=False).reductions == (2, 4, 8, 16, 32)
+    with pytest.raises(ValueError, match="dilate=False"):
+        build_encoder("resnet18", output_stride=8, dilate=False)
 
 
 def test_generic_timm_model_head_reads_last_map():

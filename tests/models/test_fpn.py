@@ -52,6 +52,21 @@ def test_fpn_levels_pick_strides_4_to_32():
     assert fpn_levels([2, 4, 8, 16, 32]) == [1, 2, 3, 4]
     assert fpn_levels([4, 8, 16, 32]) == [0, 1, 2, 3]
     assert fpn_levels([16, 16, 16]) == [0]
+    assert fpn_levels([4, 8, 16, 32, 4]) == [0, 1, 2, 3]  # HRNetV2: the branches, not the concat
+    assert fpn_levels([2, 4, 8, 16]) == [1, 2, 3]  # ViT/8 pyramid
+    assert fpn_levels([3.5, 7, 14, 28]) == [0, 1, 2, 3]  # ViT/14 pyramid
+    assert fpn_levels([2, 2]) == [0]
+
+
+@pytest.mark.parametrize("encoder, reduction", [("test_vit", 4), ("swin_tiny_patch4_window7_224", 4), ("resnet18", 4)])
+def test_picie_network_on_transformers_and_undilated_cnns(encoder, reduction):
+    from pixcontrast.models.fpn import PiCIENetwork
+
+    network = PiCIENetwork(encoder, feature_dim=16)
+    assert network.reduction == reduction and len(network.levels) == 4
+    features = network(torch.randn(2, 3, 40, 56))
+    assert features.shape == (2, 16, 10, 14)
+    features.sum().backward()
 
 
 def test_picie_network_gives_unit_norm_stride_4_features():
@@ -63,3 +78,13 @@ def test_picie_network_gives_unit_norm_stride_4_features():
         features = network(torch.randn(1, 3, 64, 64))
     assert network.reduction == 4 and features.shape == (1, 32, 16, 16)
     assert torch.allclose(features.norm(dim=1), torch.ones(1, 16, 16), atol=1e-5)
+
+
+def test_picie_network_on_dinov2_with_registers_reads_its_stride_3_5_pyramid():
+    from pixcontrast.models.fpn import PiCIENetwork
+
+    network = PiCIENetwork("vit_small_patch14_reg4_dinov2.lvd142m", feature_dim=16).eval()
+    assert network.reduction == 3.5 and network.levels == [0, 1, 2, 3]
+    with torch.no_grad():
+        features = network(torch.randn(1, 3, 40, 56))  # 3 x 4 patches of 14, padded from 40 x 56
+    assert features.shape == (1, 16, 12, 16)  # ceil(40 / 3.5) x ceil(56 / 3.5)

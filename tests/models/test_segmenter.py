@@ -12,6 +12,8 @@ ENCODERS = {  # name -> (input size, reduction of the decode map)
     "resnet18": (32, 8),
     "hrnet_w18_small": (64, 4),  # the stride-32 branch needs >= 2 x 2 pixels for batch norm with batch size 1
     "mobilenetv3_small_100": (32, 8),
+    "test_vit": (64, 16),  # plain ViT: the heads read the last block at the patch stride
+    "test_convnext": (32, 8),  # dilated to 8 by default
 }
 HEADS = ("fcn", "aspp", "ocr")
 TINY = "test_resnet"  # timm's tiny ResNet for the checks that do not depend on the model size

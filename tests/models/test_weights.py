@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from pixcontrast.models import backbones
+from pixcontrast.models import weights
 from pixcontrast.models.backbones import build_encoder
 
 TINY = "test_resnet"  # timm's tiny ResNet: weights loading does not depend on the model size
@@ -78,14 +78,24 @@ def test_weights_path_safetensors(tmp_path):
     torch.testing.assert_close(encoder.model.layer2[0].conv1.weight, source.layer2[0].conv1.weight)
 
 
-def test_pretrained_uses_local_cache_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(backbones, "cached_pretrained_file", lambda name: None)
-    with pytest.raises(RuntimeError, match="weights_path"):
-        build_encoder(TINY, pretrained=True)
+def test_pretrained_loads_the_cached_file_without_a_download(tmp_path, monkeypatch):
     path = tmp_path / "cached.pth"
     source = _save_tiny(path, lambda sd: sd)
-    monkeypatch.setattr(backbones, "cached_pretrained_file", lambda name: str(path))
+    monkeypatch.setattr(weights, "cached_pretrained_file", lambda name: str(path))
+    monkeypatch.setattr(weights, "_download_from_hub", pytest.fail)  # the cache comes first
     encoder = build_encoder(TINY, pretrained=True)
     torch.testing.assert_close(encoder.model.layer4[0].conv2.weight, source.layer4[0].conv2.weight)
     with pytest.raises(ValueError, match="not both"):
         build_encoder(TINY, pretrained=True, weights_path=str(path))
+
+
+def test_unknown_pretrained_tag_lists_the_tags():
+    with pytest.raises(ValueError, match=r"unknown pretrained tag 'foo' of encoder 'resnet18'; its tags: .*resnet18\.a1_in1k"):
+        build_encoder("resnet18.foo")
+
+
+def test_model_without_pretrained_weights_is_rejected_before_any_download(monkeypatch):
+    monkeypatch.setattr(weights, "_download_from_hub", pytest.fail)
+    arch = next(name for name in timm.list_models() if not timm.list_pretrained(f"{name}.*"))
+    with pytest.raises(ValueError, match=f"no pretrained weights for '{arch}'"):
+        weights.pretrained_weights_file(arch)

@@ -162,7 +162,7 @@ def test_configs_name_the_paper_settings(name):
     callbacks = [c["class_path"] for c in config["trainer"]["callbacks"]]
     assert "pixcontrast.callbacks.KMeansRefresh" in callbacks
     if name != "synthetic_picie.yaml":
-        assert model["num_clusters"] == 27 and model["encoder"] == "resnet18"
+        assert model["num_clusters"] == 27 and model["encoder"] == "resnet18.tv_in1k" and model["pretrained"]
         assert config["trainer"]["max_epochs"] == 10
         assert config["data"]["init_args"]["input_size"] == 320 and config["data"]["init_args"]["eval_size"] == 320
         assert config["data"]["init_args"]["datamodule"]["init_args"]["label_set"] == "27"
