@@ -26,7 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pixcontrast.cluster import KMeans, UniformSubsample
-from pixcontrast.cluster.distributed import all_reduce_sum
+from pixcontrast.distributed import all_reduce_sum
 
 _SINGLE = "features"  # key (also in logged names) when the hooks work with plain tensors
 _HOOKS = ("cluster_features", "cluster_counts", "set_centroids")

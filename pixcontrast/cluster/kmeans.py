@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pixcontrast.cluster.distributed import all_gather_cat, all_reduce_sum, broadcast_from_rank0, world_info
+from pixcontrast.distributed import all_gather_cat, all_reduce_sum, broadcast_from_rank0, world_info
 from pixcontrast.cluster.sampling import UniformSubsample
 
 Metric = Literal["euclidean", "cosine"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pixcontrast.cluster.distributed import all_gather_cat, world_info
+from pixcontrast.distributed import all_gather_cat, world_info
 
 
 class UniformSubsample:

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
-from pixcontrast.callbacks.visualization import SegmentationVisualizer, confusion_counts, sample_per_group
+from pixcontrast.callbacks.visualization import SegmentationVisualizer, confusion_counts
+from pixcontrast.losses.sampling import sample_per_group
 from pixcontrast.data.base import denormalize_image
 from pixcontrast.data.synthetic import SyntheticScenesDataModule
 from pixcontrast.visualization_utils import GRID_PANELS, HEADER_HEIGHT, tile_scale

@@ -62,7 +62,7 @@ def sharded_memory_run(tmp_path_factory) -> Path:
 def expected_bank_rows(names: list[str], image_size: int = 48, num_classes: int = 4) -> np.ndarray:
     """Rows the bank gains from ``names`` (synthetic train images): per class, pixel rows and segment rows."""
     from pixcontrast.data.synthetic import SyntheticScenesDataset
-    from pixcontrast.losses.pixel_contrast import downsample_labels
+    from pixcontrast.losses.sampling import downsample_labels
 
     dataset = SyntheticScenesDataset(8, "train", num_classes, image_size, seed=0)
     rows = np.zeros((num_classes, 2), dtype=np.int64)
