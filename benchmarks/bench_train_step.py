@@ -41,7 +41,7 @@ def build_variants(encoder: str, head: str, device: torch.device) -> dict[str, S
     for module in variants.values():
         module.model.load_state_dict(reference, strict=False)
         module.to(device).train()
-        bank = getattr(getattr(module, "contrast_loss", None), "memory_bank", None)
+        bank = getattr(getattr(module, "contrast", None), "memory_bank", None)
         if bank is not None:  # steady state: each anchor meets all 2 x 19 x 5000 rows
             fill_bank(bank)
     return variants

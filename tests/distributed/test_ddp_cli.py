@@ -90,7 +90,7 @@ def test_sharded_ranks_hold_identical_state(sharded_memory_run):
 def test_sharded_memory_bank_is_gathered(sharded_memory_run):
     state = load(sharded_memory_run / "probe" / "rank0.pt")
     names = [name for r in range(2) for step in load(sharded_memory_run / "probe" / f"rank{r}.pt")["names"] for name in step]
-    filled = state["state_dict"]["contrast_loss.memory_bank.filled"].numpy()
+    filled = state["state_dict"]["contrast.criterion.memory_bank.filled"].numpy()
     assert (filled == expected_bank_rows(names)).all()  # rows of both ranks' 8 images, not of one rank's 4
     checkpoint = load(sharded_memory_run / "checkpoints" / "last.ckpt")
     assert_states_equal(
@@ -206,4 +206,4 @@ def test_contrast_warm_up_under_ddp(tmp_path):
     rank0, rank1 = (load(tmp_path / "probe" / f"rank{r}.pt") for r in range(2))
     assert rank0["global_step"] == rank1["global_step"] == 4
     assert_states_equal(rank0["state_dict"], rank1["state_dict"])
-    assert rank0["state_dict"]["contrast_loss.memory_bank.filled"].sum() > 0  # the contrast term ran after it
+    assert rank0["state_dict"]["contrast.criterion.memory_bank.filled"].sum() > 0  # the contrast term ran after it

@@ -72,7 +72,7 @@ def test_contrast_with_memory_resumes_exactly(tmp_path):
         synthetic_data(num_train=4, batch_size=2),
         [],
     )
-    assert full["state_dict"]["contrast_loss.memory_bank.filled"].sum() > 0
+    assert full["state_dict"]["contrast.criterion.memory_bank.filled"].sum() > 0
     assert full["scheduler"][0]["last_epoch"] == 4  # the poly schedule advanced once per step
 
 
