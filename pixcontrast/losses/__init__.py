@@ -9,6 +9,7 @@ from pixcontrast.losses.picie import (
     balanced_cluster_weights,
     cluster_scores,
     picie_loss,
+    warp_features,
 )
 from pixcontrast.losses.pixel_contrast import PixelContrastLoss
 from pixcontrast.losses.sampling import downsample_labels, gather_pixels, sample_anchor_pixels, sample_anchors
@@ -28,4 +29,5 @@ __all__ = [
     "sample_anchor_pixels",
     "sample_anchors",
     "supervised_contrastive_loss",
+    "warp_features",
 ]
