@@ -39,6 +39,8 @@ from conftest import (
     write_config,
 )
 
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
 MEMORY = {"memory_size": 64, "pixels_per_image": 2}
 FEATURE_STRIDE = 8
 RESEED = {"class_path": "state_probe.ReseedAsDDP"}
