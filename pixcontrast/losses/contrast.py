@@ -25,7 +25,7 @@ def contrast_terms(
 
     Args:
         negative_logits: ``N x C`` similarities, ``-inf`` where the row is not a negative of the anchor.
-        positive_logits: ``N x P`` similarities of the candidate positives.
+        positive_logits: ``N x P`` similarities of the candidate positives (finite).
         positive: ``N x P`` bool, which candidates are positives.
         scale: ``tau / tau_base``.
         with_grad: also return the gradients.
@@ -39,8 +39,9 @@ def contrast_terms(
     exp_negative = negative_logits.sub_(row_max).exp_()  # exp(s_ik - max_i) on negatives, 0 elsewhere
     sum_negative = exp_negative.sum(dim=1, keepdim=True)  # 0 or >= 1
     log_negative = row_max + sum_negative.log()
-    margin = positive_logits.sub_(log_negative).masked_fill_(~positive, 0.0)
-    num_positive = positive.sum(dim=1).to(margin.dtype)
+    margin = positive_logits.sub_(log_negative)
+    positive = positive.to(margin.dtype)  # one conversion, used twice
+    num_positive = positive.sum(dim=1)
     has_positive = num_positive > 0
     weight = scale / num_positive.clamp(min=1) / has_positive.sum().clamp(min=1) * has_positive  # N
     loss = -(F.logsigmoid(margin).mul_(positive).sum(dim=1) * weight).sum()
@@ -57,7 +58,7 @@ class _RowContrast(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, contrast, positive, negative, temperature, scale):  # noqa: D102
         other = features if contrast is None else contrast
-        logits = (features @ other.T).mul_(1.0 / temperature)  # N x C
+        logits = (features * (1.0 / temperature)) @ other.T  # N x C, the temperature on the small side
         loss, grad_negative, grad_positive = contrast_terms(
             torch.where(negative, logits, float("-inf")), logits, positive, scale
         )
@@ -110,15 +111,17 @@ def contrast_rows(
         symmetric = contrast is None
         if symmetric:
             contrast_labels = labels
-            self_index = torch.arange(features.shape[0], device=features.device)
         same = labels[:, None] == contrast_labels[None, :]
-        used = contrast_labels[None, :] >= 0
-        if mask is not None:
-            used = used & mask
-        positive = same & used
-        if self_index is not None:
-            positive.scatter_(1, self_index[:, None], False)
-        negative = ~same & used
+        if symmetric:  # class ids are never negative: every row is used, the diagonal is the anchor itself
+            negative, positive = ~same, same.fill_diagonal_(False)
+        else:
+            used = contrast_labels[None, :] >= 0
+            if mask is not None:
+                used = used & mask
+            positive = same & used
+            if self_index is not None:
+                positive.scatter_(1, self_index[:, None], False)
+            negative = ~same & used
         dtype = torch.promote_types(features.dtype, torch.float32)  # float32, or float64 if given
         other = None if symmetric else contrast.to(dtype)
         return _RowContrast.apply(

@@ -315,6 +315,7 @@ class _ClassMemoryContrast(torch.autograd.Function):
         positive = filled[own] & known[:, None]
         # the own class's rows are not negatives: mask them out, then log-sum-exp over the rest
         blocks[anchor, own] = torch.where(known[:, None], float("-inf"), positive_logits)
+        positive_logits.masked_fill_(~positive, 0.0)  # unfilled rows are -inf: keep the positive terms finite
         loss, grad, pulled = contrast_terms(logits, positive_logits, positive, scale, ctx.needs_input_grad[0])
         if ctx.needs_input_grad[0]:
             own_blocks = torch.where(known[:, None], pulled.neg_(), 0.0)

@@ -10,6 +10,7 @@ import torch
 from conftest import CONTRASTIVE, PICIE, load, model_config, picie_data, probe, run_local, synthetic_data, write_config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "data", "callbacks"),
     [

@@ -30,6 +30,8 @@ from conftest import (
     write_config,
 )
 
+pytestmark = [pytest.mark.slow]
+
 CRASH = {"class_path": "state_probe.CrashAtStep", "init_args": {"step": 2}}
 KMEANS = {"class_path": "pixcontrast.callbacks.KMeansRefresh", "init_args": {"progress_bar": False}}
 
