@@ -6,7 +6,7 @@ feature map first (``project_sampled_pixels=False``, the reference code's way), 
 CPU (default): HRNet-W18-small and DeepLabV3-ResNet18 at 512 x 512, batch 2. With CUDA: HRNet-W48 at
 1024 x 512, batch 8, bf16 autocast. Memory banks are filled before timing (steady state). Prints one JSON line.
 
-    python benchmarks/bench_train_step.py [--repeats 5] [--quick]
+    python benchmarks/bench_train_step.py [--repeats 5] [--quick] [--only hrnet_w18_small]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -107,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="256 x 256 inputs, 2 repeats (smoke run)")
+    parser.add_argument("--only", default=None, help="run only the model of this name (e.g. hrnet_w18_small)")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
     if torch.cuda.is_available():
@@ -123,9 +125,12 @@ def main() -> None:
             ("deeplabv3_resnet18", "resnet18", "aspp", (2, side, side)),
         ]
         autocast = contextlib.nullcontext
+    runs = [run for run in runs if args.only in (None, run[0])]
+    load_before = os.getloadavg()
     results = [bench_model(*run, repeats=repeats, device=device, autocast=autocast) for run in runs]
     print(json.dumps({"benchmark": "train_step", "device": str(device), "threads": torch.get_num_threads(),
-                      "repeats": repeats, "results": results}))
+                      "repeats": repeats, "load_before": load_before, "load_after": os.getloadavg(),
+                      "results": results}))
 
 
 if __name__ == "__main__":
