@@ -13,9 +13,6 @@ from typing import Any
 
 from torch import Tensor
 
-STAGES = ("val", "test")
-
-
 class StageEvaluation:
     """Mixin (put it before ``LightningModule`` in the bases) for the validation and test steps.
 
