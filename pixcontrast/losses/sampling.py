@@ -16,6 +16,7 @@ from torch import Tensor
 __all__ = [
     "LABEL_LIMIT",
     "check_generator",
+    "check_maps",
     "downsample_labels",
     "gather_pixels",
     "random_group_sort",
