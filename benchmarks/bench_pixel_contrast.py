@@ -3,15 +3,19 @@
 The baseline follows the structure of the published research code: the whole embedding map is permuted to
 B x (h*w) x D and copied, then for each image and each class the hard/easy pixel indices are found with
 ``nonzero`` and a ``randperm``, and each group is copied into a preallocated tensor. Both implementations see
-the same inputs. Prints one JSON line; progress goes to stderr.
+the same inputs. Runs are interleaved (ours, reference, ours, ...) and medians reported, with the machine's load
+average before and after. ``--profile`` adds where our step spends its time (sampling, gathering, the loss
+kernel's forward, backward), each part timed alone over the same repeats. Prints one JSON line; progress goes to
+stderr.
 
-    python benchmarks/bench_pixel_contrast.py [--quick] [--device cpu|cuda]
+    python benchmarks/bench_pixel_contrast.py [--quick] [--device cpu|cuda] [--threads 2] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -20,7 +24,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from pixcontrast.losses import PixelContrastLoss
+from pixcontrast.losses import PixelContrastLoss, gather_pixels, sample_anchor_pixels, supervised_contrastive_loss
+from pixcontrast.losses.sampling import downsample_labels
 
 TEMPERATURE, BASE_TEMPERATURE, MAX_SAMPLES, MAX_VIEWS, IGNORE = 0.1, 0.07, 1024, 100, 255
 
@@ -140,11 +145,42 @@ def count_syncs(loss: PixelContrastLoss, inputs) -> int | None:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
+def profile_parts(inputs, repeats: int, device: str) -> dict[str, float]:
+    """Median seconds of each part of our forward + backward, timed alone (same order as in the loss)."""
+    embeddings, labels, predictions = inputs
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    parts: dict[str, list[float]] = {"resize_and_sample": [], "gather": [], "kernel_forward": [], "backward": []}
+    for _ in range(repeats + 1):
+        embeddings.grad = None
+        times = [time.perf_counter()]
+        small = downsample_labels(labels, tuple(embeddings.shape[-2:]))
+        image, pixel, anchor_labels = sample_anchor_pixels(small, predictions, MAX_SAMPLES, MAX_VIEWS, IGNORE)
+        sync()
+        times.append(time.perf_counter())
+        anchors = gather_pixels(embeddings, image[:, None], pixel)
+        sync()
+        times.append(time.perf_counter())
+        loss = supervised_contrastive_loss(anchors, anchor_labels, TEMPERATURE, BASE_TEMPERATURE)
+        sync()
+        times.append(time.perf_counter())
+        loss.backward()
+        sync()
+        times.append(time.perf_counter())
+        for name, start, end in zip(parts, times, times[1:]):
+            parts[name].append(end - start)
+    return {name: round(statistics.median(values[1:]), 5) for name, values in parts.items()}  # first: warm-up
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small repeats, skip B=8")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 avoids oversubscribing shared cores)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (the 2-core CPU setting by default)")
+    parser.add_argument("--profile", action="store_true", help="also time each part of our forward + backward")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = {
@@ -155,7 +191,7 @@ def main() -> None:
     if args.quick:
         del settings["cityscapes_b8"]
     ours = PixelContrastLoss(TEMPERATURE, BASE_TEMPERATURE, MAX_SAMPLES, MAX_VIEWS, IGNORE)
-    result = {"device": args.device, "threads": torch.get_num_threads(), "settings": {}}
+    result = {"device": args.device, "threads": torch.get_num_threads(), "load_before": os.getloadavg(), "settings": {}}
     for name, setting in settings.items():
         inputs = make_inputs(**setting, device=args.device)
         repeats = 3 if args.quick else 5
@@ -174,7 +210,10 @@ def main() -> None:
             "reference_peak_mb": _peak_mb(reference_style_loss, inputs, args.device),
             "host_syncs": count_syncs(ours, inputs),
         }
+        if args.profile:
+            result["settings"][name]["ours_parts_s"] = profile_parts(inputs, repeats, args.device)
         print(f"[{name}] {result['settings'][name]}", file=sys.stderr)
+    result["load_after"] = os.getloadavg()
     print(json.dumps(result))
 
 

@@ -1,12 +1,13 @@
 """Training-step cost of pixel contrast: ContrastiveSegmenter (plain and memory) vs the same model with CE only.
 
-One step = forward + backward + SGD step, timed on the same batch, variants interleaved, median of --repeats.
+One step = forward + backward + SGD step, timed on the same batch, variants interleaved, median of --repeats, in
+wall-clock seconds and in process CPU seconds (the robust figure on a shared machine, best with ``--threads 1``).
 The contrastive variants run twice: projecting only the sampled pixels (the default) and projecting the whole
 feature map first (``project_sampled_pixels=False``, the reference code's way), both against CE only.
 CPU (default): HRNet-W18-small and DeepLabV3-ResNet18 at 512 x 512, batch 2. With CUDA: HRNet-W48 at
 1024 x 512, batch 8, bf16 autocast. Memory banks are filled before timing (steady state). Prints one JSON line.
 
-    python benchmarks/bench_train_step.py [--repeats 5] [--quick]
+    python benchmarks/bench_train_step.py [--repeats 5] [--quick] [--only hrnet_w18_small]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -41,7 +43,7 @@ def build_variants(encoder: str, head: str, device: torch.device) -> dict[str, S
     for module in variants.values():
         module.model.load_state_dict(reference, strict=False)
         module.to(device).train()
-        bank = getattr(getattr(module, "contrast_loss", None), "memory_bank", None)
+        bank = getattr(getattr(module, "contrast", None), "memory_bank", None)
         if bank is not None:  # steady state: each anchor meets all 2 x 19 x 5000 rows
             fill_bank(bank)
     return variants
@@ -62,44 +64,44 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_step(module: SegmentationModule, optimizer: torch.optim.Optimizer, batch: dict, autocast) -> float:
+def time_step(
+    module: SegmentationModule, optimizer: torch.optim.Optimizer, batch: dict, autocast
+) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of one step (CPU time is far less sensitive to other processes' load)."""
     device = batch["image"].device
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with autocast():
         loss = module.compute_losses(batch)["loss"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def bench_model(name: str, encoder: str, head: str, shape: tuple[int, int, int], repeats: int, device, autocast) -> dict:
     variants = build_variants(encoder, head, device)
     optimizers = {key: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for key, m in variants.items()}
     batch = make_batch(*shape, device)
-    times: dict[str, list[float]] = {key: [] for key in variants}
+    times: dict[str, list[tuple[float, float]]] = {key: [] for key in variants}
     for key, module in variants.items():  # warm-up
         time_step(module, optimizers[key], batch, autocast)
     for _ in range(repeats):
         for key, module in variants.items():
             times[key].append(time_step(module, optimizers[key], batch, autocast))
-    medians = {key: statistics.median(values) for key, values in times.items()}
-    print(f"{name}: " + ", ".join(f"{k} {v:.3f}s" for k, v in medians.items()), file=sys.stderr)
+    wall = {key: statistics.median(t for t, _ in values) for key, values in times.items()}
+    cpu = {key: statistics.median(c for _, c in values) for key, values in times.items()}
+    print(f"{name}: " + ", ".join(f"{k} {wall[k]:.3f}s (cpu {cpu[k]:.3f}s)" for k in wall), file=sys.stderr)
+    pairs = (("contrast", "contrast"), ("memory", "contrast_memory"), ("contrast_full_map", "contrast_full_map"),
+             ("memory_full_map", "contrast_memory_full_map"))
     return {
         "model": name,
         "batch": list(shape),
-        "step_s": {key: round(value, 4) for key, value in medians.items()},
-        **{
-            f"{name}_overhead": round(medians[key] / medians["ce_only"] - 1, 4)
-            for name, key in (
-                ("contrast", "contrast"),
-                ("memory", "contrast_memory"),
-                ("contrast_full_map", "contrast_full_map"),
-                ("memory_full_map", "contrast_memory_full_map"),
-            )
-        },
+        "step_s": {key: round(value, 4) for key, value in wall.items()},
+        "step_cpu_s": {key: round(value, 4) for key, value in cpu.items()},
+        **{f"{label}_overhead": round(wall[key] / wall["ce_only"] - 1, 4) for label, key in pairs},
+        **{f"{label}_cpu_overhead": round(cpu[key] / cpu["ce_only"] - 1, 4) for label, key in pairs},
     }
 
 
@@ -107,7 +109,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="256 x 256 inputs, 2 repeats (smoke run)")
+    parser.add_argument("--only", default=None, help="run only the model of this name (e.g. hrnet_w18_small)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     repeats = 2 if args.quick else args.repeats
     if torch.cuda.is_available():
         device = torch.device("cuda")
@@ -123,9 +129,12 @@ def main() -> None:
             ("deeplabv3_resnet18", "resnet18", "aspp", (2, side, side)),
         ]
         autocast = contextlib.nullcontext
+    runs = [run for run in runs if args.only in (None, run[0])]
+    load_before = os.getloadavg()
     results = [bench_model(*run, repeats=repeats, device=device, autocast=autocast) for run in runs]
     print(json.dumps({"benchmark": "train_step", "device": str(device), "threads": torch.get_num_threads(),
-                      "repeats": repeats, "results": results}))
+                      "repeats": repeats, "load_before": load_before, "load_after": os.getloadavg(),
+                      "results": results}))
 
 
 if __name__ == "__main__":

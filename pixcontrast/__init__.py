@@ -21,7 +21,7 @@ _PUBLIC = {
     "pixcontrast.cluster": ("KMeans",),
     "pixcontrast.metrics": ("hungarian_match", "HungarianMatchedSegmentation"),
     "pixcontrast.models": ("Segmenter",),
-    "pixcontrast.modules": ("SegmentationModule", "ContrastiveSegmenter", "PiCIE"),
+    "pixcontrast.modules": ("SegmentationModule", "ContrastiveSegmenter", "PiCIE", "PixelContrast"),
     "pixcontrast.data": (
         "SyntheticScenesDataModule",
         "CityscapesDataModule",

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 FORMATS = ("onnx", "torchscript")
-SEGMENTER_KEYS = ("num_classes", "encoder", "head", "aux_head", "proj_dim", "output_stride", "head_channels", "dropout")
+SEGMENTER_KEYS = ("num_classes", "encoder", "head", "aux_head", "output_stride", "head_channels", "dropout")
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
@@ -107,8 +107,9 @@ def load_inference_network_from_checkpoint(
     """Rebuild the :class:`~pixcontrast.models.Segmenter` of a Lightning checkpoint and return its inference network.
 
     The checkpoint's ``hyper_parameters`` (written by ``save_hyperparameters()``) give the Segmenter arguments
-    (``num_classes``, ``encoder``, ``head``, ``aux_head``, ``proj_dim``, ``output_stride``, ``head_channels``,
-    ``dropout``; other keys are ignored) and its ``state_dict`` the weights under the ``model.`` prefix. No
+    (``num_classes``, ``encoder``, ``head``, ``aux_head``, ``output_stride``, ``head_channels``, ``dropout``; other
+    keys are ignored) and its ``state_dict`` the weights under the ``model.`` prefix (training-only projection-head
+    weights, which checkpoints of earlier versions keep under ``model.projection_head.``, are skipped). No
     encoder weights are read from elsewhere. Returns the network in eval mode (images -> logits at input size).
     """
     from pixcontrast.models import Segmenter
@@ -123,7 +124,11 @@ def load_inference_network_from_checkpoint(
             "arguments (at least num_classes) and a 'state_dict'"
         )
     prefix = "model."
-    state = {key[len(prefix) :]: value for key, value in checkpoint["state_dict"].items() if key.startswith(prefix)}
+    state = {
+        key[len(prefix) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(prefix) and not key.startswith(f"{prefix}projection_head.")
+    }
     if not state:
         raise ValueError(f"{str(path)!r} has no weights under 'model.' (the module must keep its Segmenter at .model)")
     segmenter = Segmenter(**{key: hparams[key] for key in SEGMENTER_KEYS if key in hparams})

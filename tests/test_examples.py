@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.slow]
+
 EXAMPLES = Path(__file__).parents[1] / "examples"
-SCRIPTS = ["contrast_loss_plain_torch.py", "add_contrast_to_your_module.py", "subclass_contrastive_segmenter.py"]
+SCRIPTS = [
+    "contrast_loss_plain_torch.py",
+    "add_contrast_to_your_module.py",
+    "subclass_contrastive_segmenter.py",
+    "your_own_dataset.py",
+]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -6,7 +6,8 @@ Hooks a LightningModule implements (all called by the callback, never by the tra
   the module's device), ``N x D`` per named feature set (e.g. PiCIE's ``"view1"``/``"view2"``).
 - ``cluster_counts() -> int | Mapping[str, int]``: number of clusters K per feature set (same keys).
 - ``set_centroids(centroids: Tensor | Mapping[str, Tensor]) -> None``: receives the fitted ``K x D`` float32
-  centroids (on the module's device) per feature set.
+  centroids (on the module's device) per feature set. The module owns them from then on: keep them in its
+  state (e.g. buffers), so checkpoints restore them; the callback keeps no copy.
 - optional ``cluster_dataloader() -> Iterable``: batches to cluster; default: the trainer's train dataloader.
   Under DDP it must yield each rank's own shard (the trainer's train dataloader already does).
 - optional ``on_cluster_start()`` / ``on_cluster_end()``: called around feature collection, after the callback
@@ -26,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pixcontrast.cluster import KMeans, UniformSubsample
-from pixcontrast.cluster.distributed import all_reduce_sum
+from pixcontrast.distributed import all_reduce_sum
 
 _SINGLE = "features"  # key (also in logged names) when the hooks work with plain tensors
 _HOOKS = ("cluster_features", "cluster_counts", "set_centroids")
@@ -43,8 +44,9 @@ class KMeansRefresh(pl.Callback):
     subsampling happens, the DDP result equals one process clustering all points.
 
     It logs ``{log_prefix}/inertia_{key}`` (mean squared distance per point), ``{log_prefix}/points_{key}`` and
-    ``{log_prefix}/seconds``, shows a progress bar on rank 0 while collecting, and stores the centroids in the
-    checkpoint: a resumed run hands them to the module at train start. Batches are moved to the device with
+    ``{log_prefix}/seconds`` and shows a progress bar on rank 0 while collecting. Its checkpoint state is its own
+    progress only (the last refreshed epoch): the centroids live in the module, so a run resumed inside an
+    epoch that was already refreshed keeps the module's restored centroids. Batches are moved to the device with
     the module's ``transfer_batch_to_device``. The sanity-check validation runs before the first refresh, so the
     module needs usable default centroids (e.g. random buffers).
 
@@ -85,8 +87,7 @@ class KMeansRefresh(pl.Callback):
         self.seed = seed
         self.progress_bar = progress_bar
         self.log_prefix = log_prefix
-        self.centroids: dict[str, Tensor] = {}
-        self.single = False
+        self.refreshed_epoch = -1
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -97,36 +98,34 @@ class KMeansRefresh(pl.Callback):
                 "(see pixcontrast.callbacks.kmeans for their contract)"
             )
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.centroids:  # restored from a checkpoint
-            self._hand_over(pl_module)
-
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch % self.every_n_epochs == 0:
+        epoch = trainer.current_epoch
+        if epoch % self.every_n_epochs == 0 and epoch != self.refreshed_epoch:
             self.refresh(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"centroids": {key: value.cpu() for key, value in self.centroids.items()}, "single": self.single}
+        return {"refreshed_epoch": self.refreshed_epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.centroids = dict(state_dict["centroids"])
-        self.single = state_dict["single"]
+        self.refreshed_epoch = int(state_dict.get("refreshed_epoch", -1))
 
     # ------------------------------------------------------------------ the refresh
     def refresh(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Collect features, fit one KMeans per feature set and hand the centroids to the module."""
         start = time.perf_counter()
         counts = pl_module.cluster_counts()
-        self.single = not isinstance(counts, Mapping)
-        counts = {_SINGLE: counts} if self.single else dict(counts)
+        single = not isinstance(counts, Mapping)
+        counts = {_SINGLE: counts} if single else dict(counts)
         samples = self._collect(trainer, pl_module, counts)
+        centroids = {}
         for offset, (key, k) in enumerate(counts.items()):
             model = KMeans(k, seed=self.seed + offset, **self.kmeans_kwargs).fit(samples[key])
-            self.centroids[key] = model.centroids
+            centroids[key] = model.centroids.to(pl_module.device)
             points = all_reduce_sum(torch.tensor([samples[key].shape[0]], device=pl_module.device)).item()
             pl_module.log(f"{self.log_prefix}/inertia_{key}", model.inertia_ / points, batch_size=1)
             pl_module.log(f"{self.log_prefix}/points_{key}", float(points), batch_size=1)
-        self._hand_over(pl_module)
+        pl_module.set_centroids(centroids[_SINGLE] if single else centroids)
+        self.refreshed_epoch = trainer.current_epoch
         pl_module.log(f"{self.log_prefix}/seconds", time.perf_counter() - start, batch_size=1)
 
     def _collect(
@@ -167,10 +166,6 @@ class KMeansRefresh(pl.Callback):
         if any(sampler.seen == 0 for sampler in samplers.values()):
             raise RuntimeError("KMeansRefresh collected no features: the clustering dataloader yielded no batches")
         return {key: sampler.result() for key, sampler in samplers.items()}
-
-    def _hand_over(self, pl_module: pl.LightningModule) -> None:
-        centroids = {key: value.to(pl_module.device) for key, value in self.centroids.items()}
-        pl_module.set_centroids(centroids[_SINGLE] if self.single else centroids)
 
 
 def _cluster_batches(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterable:

@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from pixcontrast.data.base import IGNORE_INDEX, default_palette, denormalize_image
+from pixcontrast.losses.sampling import downsample_labels, gather_pixels, sample_per_group
 
 PROJECTIONS = {"pca": None, "tsne": "sklearn", "umap": "umap"}
 
@@ -42,18 +43,6 @@ def confusion_counts(target: Tensor, prediction: Tensor, num_classes: int) -> Te
     index = torch.where(valid, target * num_classes + prediction, num_classes * num_classes)
     counts = torch.bincount(index.flatten(), minlength=num_classes * num_classes + 1)
     return counts[:-1].view(num_classes, num_classes)
-
-
-def sample_per_group(groups: Tensor, max_per_group: int, generator: torch.Generator, ignore_index: int) -> Tensor:
-    """Indices of at most ``max_per_group`` uniformly drawn entries of each group id in the 1-D ``groups``
-    (entries equal to ``ignore_index`` or negative are never drawn)."""
-    order = torch.randperm(groups.numel(), generator=generator, device=groups.device)
-    order = order[torch.argsort(groups[order], stable=True)]
-    sorted_groups = groups[order]
-    first = torch.searchsorted(sorted_groups, sorted_groups, side="left")
-    rank = torch.arange(groups.numel(), device=groups.device) - first
-    keep = (rank < max_per_group) & (sorted_groups >= 0) & (sorted_groups != ignore_index)
-    return order[keep]
 
 
 def _pad_to(tensor: Tensor, height: int, width: int, value: float) -> Tensor:
@@ -238,13 +227,11 @@ class SegmentationVisualizer(L.Callback):
         self, embeddings: Tensor, labels: Tensor, generator: torch.Generator, ignore_index: int
     ) -> tuple[Tensor, Tensor]:
         """At most ``max_points_per_class`` embeddings (N x D, CPU) per label, with their labels (N)."""
-        batch, _, height, width = embeddings.shape
-        small = F.interpolate(labels[:, None].float(), size=(height, width), mode="nearest")[:, 0].long().cpu()
+        num_pixels = embeddings.shape[-2] * embeddings.shape[-1]
+        small = downsample_labels(labels, tuple(embeddings.shape[-2:])).cpu()
         chosen = sample_per_group(small.flatten(), self.max_points_per_class, generator, ignore_index)
-        b, rest = chosen // (height * width), chosen % (height * width)
-        y, x = rest // width, rest % width
-        device = embeddings.device
-        vectors = embeddings[b.to(device), :, y.to(device), x.to(device)]
+        image, pixel = chosen // num_pixels, chosen % num_pixels
+        vectors = gather_pixels(embeddings, image.to(embeddings.device), pixel.to(embeddings.device))
         return vectors.float().cpu(), small.flatten()[chosen]
 
     # ------------------------------------------------------------------------------------------ drawing

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pixcontrast.cluster.distributed import all_gather_cat, all_reduce_sum, broadcast_from_rank0, world_info
-from pixcontrast.cluster.sampling import UniformSubsample
+from pixcontrast.cluster.sampling import UniformSubsample, kmeans_plusplus
+from pixcontrast.distributed import all_gather_cat, all_reduce_sum, broadcast_from_rank0, world_info
 
 Metric = Literal["euclidean", "cosine"]
 Chunks = Callable[[], Iterator[tuple[Tensor, Tensor]]]
@@ -259,7 +259,7 @@ class KMeans:
         if self.init == "random":
             return sample[: self.n_clusters].clone()
         generator = torch.Generator(device=sample.device).manual_seed(self.seed)
-        return _kmeans_plusplus(sample, self.n_clusters, generator)
+        return kmeans_plusplus(sample, self.n_clusters, generator)
 
     # ------------------------------------------------------------------ Lloyd iterations
     def _lloyd(self, chunks: Chunks, centroids: Tensor) -> None:
@@ -354,24 +354,6 @@ def _split_empty(centroids: Tensor, counts: Tensor, sse: Tensor, direction: Tens
     delta = (direction * _SPLIT_SCALE) * spread.unsqueeze(1) * split.unsqueeze(1)
     moved = centroids.index_add(0, donor, -delta)
     return torch.where(split.unsqueeze(1), centroids[donor] + delta, moved)
-
-
-def _kmeans_plusplus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
-    """Greedy k-means++ (2 + log K candidates per step, keep the one that lowers the potential most): K x D."""
-    n_trials = 2 + int(math.log(k))
-    x_sq = x.square().sum(1)
-    first = torch.randint(x.shape[0], (1,), generator=generator, device=x.device)
-    chosen = [first]
-    closest = (x_sq - 2 * (x @ x[first].T).squeeze(1) + x_sq[first]).clamp_min(0)
-    for _ in range(1, k):
-        weights = closest + torch.finfo(torch.float32).tiny  # all-zero potential falls back to uniform
-        candidates = torch.multinomial(weights, n_trials, replacement=True, generator=generator)
-        distances = (x_sq[candidates].unsqueeze(1) - 2 * x[candidates] @ x.T + x_sq).clamp_min(0)
-        potentials = torch.minimum(closest, distances)
-        best = potentials.sum(1).argmin()
-        closest = potentials[best]
-        chosen.append(candidates[best].reshape(1))
-    return x[torch.cat(chosen)].clone()
 
 
 def _auto_chunk_size(device: torch.device, n_clusters: int, dim: int) -> int:

@@ -1,11 +1,13 @@
-"""Uniform subsampling of a stream of row batches with a bounded memory footprint."""
+"""Row sampling for k-means: uniform subsampling of a stream with bounded memory, and k-means++ seeding."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
-from pixcontrast.cluster.distributed import all_gather_cat, world_info
+from pixcontrast.distributed import all_gather_cat, world_info
 
 
 class UniformSubsample:
@@ -65,3 +67,21 @@ class UniformSubsample:
             rows, keys = rows[index[keep]], keys[keep]
         order = keys.argsort()
         return rows[order]
+
+
+def kmeans_plusplus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """Greedy k-means++ seeding of ``k`` rows of ``x`` (N x D) (2 + log K candidates per step, keep the one that lowers the potential most): K x D."""
+    n_trials = 2 + int(math.log(k))
+    x_sq = x.square().sum(1)
+    first = torch.randint(x.shape[0], (1,), generator=generator, device=x.device)
+    chosen = [first]
+    closest = (x_sq - 2 * (x @ x[first].T).squeeze(1) + x_sq[first]).clamp_min(0)
+    for _ in range(1, k):
+        weights = closest + torch.finfo(torch.float32).tiny  # all-zero potential falls back to uniform
+        candidates = torch.multinomial(weights, n_trials, replacement=True, generator=generator)
+        distances = (x_sq[candidates].unsqueeze(1) - 2 * x[candidates] @ x.T + x_sq).clamp_min(0)
+        potentials = torch.minimum(closest, distances)
+        best = potentials.sum(1).argmin()
+        closest = potentials[best]
+        chosen.append(candidates[best].reshape(1))
+    return x[torch.cat(chosen)].clone()

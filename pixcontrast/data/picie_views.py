@@ -1,7 +1,7 @@
 """PiCIE's two views per image: photometric transforms per view, one geometric transform per image.
 
 View 1 is ``G(P1(x))`` resized to the network input; view 2 is ``P2(x)`` resized to the network input, and
-``G`` is applied to its feature map by :func:`warp_features`, so the two feature maps correspond pixel to
+``G`` is applied to its feature map by :func:`pixcontrast.losses.picie.warp_features`, so the two feature maps correspond pixel to
 pixel. All random parameters come from a generator seeded by ``(seed, epoch, index)``: within an epoch the
 clustering pass and the training pass see exactly the same views, in any order and in any worker.
 
@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
@@ -132,37 +131,6 @@ class GeometricParams:
             image, self.top, self.left, self.size, self.size, [output_size, output_size], antialias=True
         )
         return TF.horizontal_flip(image) if self.flip else image
-
-
-def warp_features(features: Tensor, geometry: Tensor, output_size: tuple[int, int] | None = None) -> Tensor:
-    """Apply the geometric transforms to feature maps of the whole views, for the whole batch at once.
-
-    Bilinear sampling of each crop box (``align_corners=False`` convention: box edges are pixel edges), with
-    the horizontal flip folded into the sampling grid. For a flip alone the result equals ``features.flip(-1)``.
-
-    Args:
-        features: ``B x D x h x w`` feature maps of view 2.
-        geometry: ``B x 5`` boxes ``x0, y0, x1, y1`` (fractions of the side) and flip flags, as in the batch.
-        output_size: ``(h_out, w_out)``; default ``(h, w)``.
-
-    Returns:
-        ``B x D x h_out x w_out``, aligned pixel to pixel with view 1's feature map.
-    """
-    if geometry.ndim != 2 or geometry.shape[1] != 5 or geometry.shape[0] != features.shape[0]:
-        raise ValueError(
-            f"geometry must be B x 5 (x0, y0, x1, y1, flip) with B={features.shape[0]}, got {tuple(geometry.shape)}"
-        )
-    output_size = tuple(output_size or features.shape[-2:])
-    geometry = geometry.to(device=features.device, dtype=torch.float32)
-    x0, y0, x1, y1, flip = geometry.unbind(dim=1)
-    sign = 1.0 - 2.0 * flip
-    theta = torch.zeros(features.shape[0], 2, 3, device=features.device, dtype=torch.float32)
-    theta[:, 0, 0] = (x1 - x0) * sign
-    theta[:, 0, 2] = x0 + x1 - 1.0
-    theta[:, 1, 1] = y1 - y0
-    theta[:, 1, 2] = y0 + y1 - 1.0
-    grid = F.affine_grid(theta, [features.shape[0], 1, *output_size], align_corners=False)
-    return F.grid_sample(features, grid.to(features.dtype), mode="bilinear", align_corners=False)
 
 
 def view_seed(seed: int, epoch: int, index: int) -> int:

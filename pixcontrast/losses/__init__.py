@@ -1,7 +1,7 @@
 """Losses (pure torch, no Lightning): supervised pixel contrast, its memory bank, and PiCIE's cluster losses."""
 
-from pixcontrast.losses.class_memory import class_memory_contrastive_loss
-from pixcontrast.losses.memory_bank import PixelMemoryBank
+from pixcontrast.losses.contrast import supervised_contrastive_loss
+from pixcontrast.losses.memory_bank import PixelMemoryBank, class_memory_contrastive_loss
 from pixcontrast.losses.picie import (
     PiCIELoss,
     PiCIELossOutput,
@@ -9,15 +9,10 @@ from pixcontrast.losses.picie import (
     balanced_cluster_weights,
     cluster_scores,
     picie_loss,
+    warp_features,
 )
-from pixcontrast.losses.pixel_contrast import (
-    PixelContrastLoss,
-    downsample_labels,
-    gather_pixels,
-    sample_anchor_pixels,
-    sample_anchors,
-    supervised_contrastive_loss,
-)
+from pixcontrast.losses.pixel_contrast import PixelContrastLoss
+from pixcontrast.losses.sampling import downsample_labels, gather_pixels, sample_anchor_pixels, sample_anchors
 
 __all__ = [
     "PiCIELoss",
@@ -34,4 +29,5 @@ __all__ = [
     "sample_anchor_pixels",
     "sample_anchors",
     "supervised_contrastive_loss",
+    "warp_features",
 ]

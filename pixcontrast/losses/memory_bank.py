@@ -1,4 +1,11 @@
-"""Per-class pixel and segment queues for the memory variant of pixel contrast (Wang et al., 2021)."""
+"""The memory variant of pixel contrast (Wang et al., 2021): per-class pixel and segment queues and their loss.
+
+The bank owns its contrast: :meth:`PixelMemoryBank.contrast` scores anchors against the filled rows, with the
+class-layout kernel (:func:`class_memory_contrastive_loss`) or, with hard mining, the generic kernel on the
+rows each anchor mines. A memory stored class by class (``K x R x D``) gives an anchor's positives as one block
+of ``R`` rows and its negatives as all other filled rows, so the class-layout kernel builds no ``N x M`` label
+masks and runs the positive terms on the ``N x R`` own blocks only (about ``K`` times less elementwise work).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixcontrast.losses.pixel_contrast import (
-    all_gather_padded,
-    downsample_labels,
-    gather_pixels,
-    is_distributed,
-    random_group_sort,
-)
+from pixcontrast.distributed import all_gather_padded
+from pixcontrast.losses.contrast import contrast_terms, supervised_contrastive_loss
+from pixcontrast.losses.sampling import downsample_labels, gather_pixels, sample_per_class
 
-__all__ = ["PixelMemoryBank"]
+__all__ = ["PixelMemoryBank", "class_memory_contrastive_loss"]
 
 
 class PixelMemoryBank(nn.Module):
@@ -22,7 +25,8 @@ class PixelMemoryBank(nn.Module):
 
     For every image and every class present in it, :meth:`enqueue` writes ``pixels_per_image`` random
     pixels of that class (drawn among the class's own pixels; all of them if fewer) to the class's pixel
-    queue, and the L2-normalised mean embedding of the class in the image to its segment queue. Each queue
+    queue, and the L2-normalised mean embedding of the class in the image (over at most ``segment_pixels``
+    random pixels of it) to its segment queue. Each queue
     holds ``memory_size`` rows; its pointer advances by the number of rows written and wraps around, and
     when a step writes more rows than fit only the newest survive. Rows are L2-normalised.
 
@@ -52,9 +56,8 @@ class PixelMemoryBank(nn.Module):
         mining_fraction: fraction of nearest negatives / farthest positives to sample from.
         num_hard_positives: positives kept per anchor when mining.
         num_hard_negatives: negatives kept per anchor when mining.
-        segment_pixels: for :meth:`sample_pixels` / :meth:`enqueue_samples` (the path that embeds sampled
-            pixels only, used by :class:`PixelContrastLoss` with a ``projection``): the segment row is the mean
-            over at most this many random pixels of the segment. :meth:`enqueue` always averages all pixels.
+        segment_pixels: the segment row is the mean over at most this many random pixels of the segment (all
+            of them when the segment is smaller). Bounds the pixels a step embeds for the bank.
     """
 
     def __init__(
@@ -160,11 +163,62 @@ class PixelMemoryBank(nn.Module):
         picked = keys.topk(min(count, score.shape[1]), dim=1, largest=False).indices
         return torch.zeros_like(top).scatter_(1, picked, True) & top
 
+    def contrast(
+        self,
+        anchors: Tensor,
+        anchor_labels: Tensor,
+        temperature: float = 0.1,
+        base_temperature: float = 0.07,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The paper's loss of anchors against the bank as it is now (call before enqueueing the batch).
+
+        Without hard mining every anchor contrasts with every filled row (:func:`class_memory_contrastive_loss`);
+        with it, with the rows it mines (:meth:`contrast_set`, then :func:`supervised_contrastive_loss`).
+
+        Args:
+            anchors: ``A x V x dim`` sampled embeddings.
+            anchor_labels: ``A`` class ids.
+            temperature, base_temperature: ``tau`` and ``tau_base``.
+            generator: optional ``torch.Generator`` on the queue's device (mining only).
+
+        Returns:
+            scalar float32 loss; the gradient flows to the anchors only.
+        """
+        if not self.hard_mining:
+            memory, filled = self.class_rows()
+            return class_memory_contrastive_loss(anchors, anchor_labels, memory, filled, temperature, base_temperature)
+        features = anchors.reshape(-1, anchors.shape[-1])
+        memory, memory_labels, mask = self.contrast_set(
+            features, anchor_labels.repeat_interleave(anchors.shape[1]), generator
+        )
+        return supervised_contrastive_loss(
+            anchors, anchor_labels, temperature, base_temperature, memory, memory_labels, memory_mask=mask
+        )
+
+    def sample_pixels(self, labels: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The pixels a batch writes: per image and class up to ``max(pixels_per_image, segment_pixels)``.
+
+        Distinct random pixels of the class (:func:`~pixcontrast.losses.sampling.sample_per_class`). Returns
+        ``(pixel, valid)``, both ``B x num_classes x S``: flat pixel indices ``y * w + x`` into the ``h x w`` map
+        of ``labels`` and whether each slot holds a pixel of the class (valid slots come first). Embed those
+        pixels (gather them from an embedding map, or project their features) and pass the result to
+        :meth:`enqueue_samples`.
+
+        Args:
+            labels: ``B x h x w`` ground truth at the embedding resolution.
+            generator: optional ``torch.Generator`` on the labels' device.
+        """
+        if labels.dim() != 3:
+            raise ValueError(f"labels must be B x h x w, got {tuple(labels.shape)}")
+        lab = labels.long().flatten(1)
+        valid = (lab != self.ignore_index) & (lab >= 0) & (lab < self.num_classes)
+        codes = torch.where(valid, lab, self.num_classes)
+        return sample_per_class(codes, self.num_classes, max(self.pixels_per_image, self.segment_pixels), generator)
+
     @torch.no_grad()
     def enqueue(self, embeddings: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> None:
-        """Write a batch into the queues (detached; all-gathered first under DDP if ``gather_distributed``).
-
-        Segment rows are the mean over all pixels of the segment.
+        """Write a batch of embedding maps: :meth:`sample_pixels`, gather those pixels, :meth:`enqueue_samples`.
 
         Args:
             embeddings: ``B x dim x h x w`` pixel embeddings.
@@ -173,38 +227,20 @@ class PixelMemoryBank(nn.Module):
         """
         if embeddings.dim() != 4 or embeddings.shape[1] != self.dim:
             raise ValueError(f"embeddings must be B x {self.dim} x h x w, got shape {tuple(embeddings.shape)}")
-        codes = self._class_codes(labels, embeddings.shape[0], tuple(embeddings.shape[-2:]))
-        pixel, valid = self._pick(codes, self.pixels_per_image, generator)
-        image = torch.arange(embeddings.shape[0], device=codes.device)[:, None, None]
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            flat = embeddings.detach().to(self.queue.dtype)
-            pixels = gather_pixels(flat, image, pixel)  # B x K x n x D
-            one_hot = F.one_hot(codes, self.num_classes + 1)[..., : self.num_classes].to(flat.dtype)  # B x P x K
-            segments = torch.bmm(flat.flatten(2), one_hot).transpose(1, 2)  # B x K x D sums
-            self._store(pixels, valid, segments, valid[..., 0])
-
-    def sample_pixels(self, labels: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Pixels to enqueue, for callers that embed only the pixels they need (then :meth:`enqueue_samples`).
-
-        Per image and class, up to ``max(pixels_per_image, segment_pixels)`` distinct random pixels of the
-        class. Returns ``(pixel, valid)``, both ``B x num_classes x S``: flat pixel indices ``y * w + x`` into
-        the ``h x w`` map of ``labels`` and whether each slot holds a pixel of the class (valid slots come
-        first).
-
-        Args:
-            labels: ``B x h x w`` ground truth at the embedding resolution.
-            generator: optional ``torch.Generator`` on the labels' device.
-        """
-        codes = self._class_codes(labels, labels.shape[0], tuple(labels.shape[-2:]))
-        return self._pick(codes, max(self.pixels_per_image, self.segment_pixels), generator)
+        if labels.dim() != 3 or labels.shape[0] != embeddings.shape[0]:
+            raise ValueError(f"labels must be B x H x W with B = {embeddings.shape[0]}, got {tuple(labels.shape)}")
+        pixel, valid = self.sample_pixels(downsample_labels(labels, tuple(embeddings.shape[-2:])), generator)
+        image = torch.arange(embeddings.shape[0], device=pixel.device)[:, None, None]
+        self.enqueue_samples(gather_pixels(embeddings, image, pixel), valid)
 
     @torch.no_grad()
     def enqueue_samples(self, samples: Tensor, valid: Tensor) -> None:
-        """Write embedded pixel samples from :meth:`sample_pixels` into the queues (detached).
+        """Write embedded pixel samples from :meth:`sample_pixels` into the queues (detached; the one write route).
 
         ``samples`` is ``B x num_classes x S x dim``, ``valid`` ``B x num_classes x S``. The first
         ``pixels_per_image`` valid samples of each (image, class) go to the pixel queue, and the normalised
         mean of all its valid samples (at most ``segment_pixels`` pixels of the segment) to the segment queue.
+        Under DDP with ``gather_distributed`` the rows of all ranks are all-gathered first.
         """
         if samples.dim() != 4 or samples.shape[1] != self.num_classes or samples.shape[-1] != self.dim:
             raise ValueError(
@@ -218,30 +254,10 @@ class PixelMemoryBank(nn.Module):
             n = self.pixels_per_image
             self._store(samples[:, :, :n], valid[:, :, :n], segments, valid[..., 0])
 
-    def _class_codes(self, labels: Tensor, batch: int, size: tuple[int, int]) -> Tensor:
-        """``B x P`` class id of every pixel at ``size``, or ``num_classes`` where it is not enqueued."""
-        if labels.dim() != 3 or labels.shape[0] != batch:
-            raise ValueError(f"labels must be B x H x W with B = {batch}, got {tuple(labels.shape)}")
-        lab = downsample_labels(labels, size).flatten(1)
-        valid = (lab != self.ignore_index) & (lab >= 0) & (lab < self.num_classes)
-        return torch.where(valid, lab, self.num_classes)
-
-    def _pick(self, codes: Tensor, count: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """Up to ``count`` random pixels per image and class: indices and validity, ``B x K x count``."""
-        batch, num_pixels = codes.shape
-        sorted_codes, order = random_group_sort(codes, generator)
-        classes = torch.arange(self.num_classes, device=codes.device).expand(batch, -1).contiguous()
-        start = torch.searchsorted(sorted_codes, classes)
-        size = torch.searchsorted(sorted_codes, classes, right=True) - start  # B x K pixels per class
-        slot = torch.arange(count, device=codes.device)
-        position = (start[..., None] + slot).clamp(max=max(num_pixels - 1, 0)).flatten(1)
-        pixel = order.gather(1, position).view(batch, self.num_classes, count)
-        return pixel, slot < size[..., None]
-
     def _store(self, pixels: Tensor, pixel_valid: Tensor, segments: Tensor, segment_valid: Tensor) -> None:
         """Normalise and ring-write new rows: pixels ``B x K x n x D`` and segment sums ``B x K x D``."""
         pixels, segments = F.normalize(pixels, dim=-1), F.normalize(segments, dim=-1)
-        if self.gather_distributed and is_distributed():
+        if self.gather_distributed:
             (pixels, pixel_valid, segments, segment_valid), _ = all_gather_padded(
                 [pixels, pixel_valid, segments, segment_valid], [0.0, 0, 0.0, 0]
             )
@@ -278,4 +294,87 @@ class PixelMemoryBank(nn.Module):
             f"num_classes={self.num_classes}, dim={self.dim}, memory_size={self.memory_size}, "
             f"pixels_per_image={self.pixels_per_image}, gather_distributed={self.gather_distributed}, "
             f"hard_mining={self.hard_mining}, segment_pixels={self.segment_pixels}"
+        )
+
+
+class _ClassMemoryContrast(torch.autograd.Function):
+    """Loss and analytic gradient w.r.t. the anchors; the memory is a constant (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, features, labels, memory, filled, temperature, scale):  # noqa: D102
+        num_anchors = features.shape[0]
+        num_classes, rows, dim = memory.shape
+        unfilled = torch.zeros(filled.shape, dtype=features.dtype, device=features.device)
+        unfilled.masked_fill_(~filled, float("-inf"))
+        logits = torch.addmm(unfilled.view(1, -1), features, memory.view(-1, dim).T, alpha=1.0 / temperature)
+        blocks = logits.view(num_anchors, num_classes, rows)
+        anchor = torch.arange(num_anchors, device=features.device)
+        known = (labels >= 0) & (labels < num_classes)  # anchors of other classes have negatives only
+        own = labels.clamp(0, num_classes - 1)
+        positive_logits = blocks[anchor, own]  # N x R (a copy)
+        positive = filled[own] & known[:, None]
+        # the own class's rows are not negatives: mask them out, then log-sum-exp over the rest
+        blocks[anchor, own] = torch.where(known[:, None], float("-inf"), positive_logits)
+        positive_logits.masked_fill_(~positive, 0.0)  # unfilled rows are -inf: keep the positive terms finite
+        loss, grad, pulled = contrast_terms(logits, positive_logits, positive, scale, ctx.needs_input_grad[0])
+        if ctx.needs_input_grad[0]:
+            own_blocks = torch.where(known[:, None], pulled.neg_(), 0.0)
+            grad.view(num_anchors, num_classes, rows)[anchor, own] = own_blocks  # negatives and positives disjoint
+            ctx.save_for_backward(grad @ memory.view(-1, dim))  # the memory may change in place before backward
+        ctx.temperature = temperature
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):  # noqa: D102
+        (grad_features,) = ctx.saved_tensors
+        return grad_features * (grad_output / ctx.temperature), None, None, None, None, None
+
+
+def class_memory_contrastive_loss(
+    anchors: Tensor,
+    anchor_labels: Tensor,
+    memory: Tensor,
+    filled: Tensor,
+    temperature: float = 0.1,
+    base_temperature: float = 0.07,
+) -> Tensor:
+    """The paper's loss of anchors against a class-grouped memory (its memory variant).
+
+    With ``z`` the ``A * V`` anchors and ``s_ir = z_i . m_r / tau``: positives of anchor ``i`` are the filled
+    rows of its class, negatives the filled rows of every other class, and
+    ``L_i = -(tau / tau_base) / |P(i)| * sum_{j in P(i)} [s_ij - log(exp(s_ij) + sum_{k in N(i)} exp(s_ik))]``,
+    averaged over anchors with at least one positive (a zero connected to the graph when none has). Anchors of a
+    class outside ``[0, K)`` have negatives only. Float32 at least, also under autocast; the gradient flows to
+    the anchors, not to the memory, which may be updated in place before ``backward``.
+
+    Args:
+        anchors: ``A x V x D`` sampled embeddings.
+        anchor_labels: ``A`` class ids.
+        memory: ``K x R x D`` rows, ``R`` per class.
+        filled: ``K x R`` bool, which rows hold an embedding.
+        temperature: ``tau``.
+        base_temperature: ``tau_base``.
+
+    Returns:
+        scalar loss.
+    """
+    if anchors.dim() != 3 or anchor_labels.shape != anchors.shape[:1]:
+        raise ValueError(
+            f"anchors must be A x V x D with anchor_labels of shape (A,), got {tuple(anchors.shape)} and "
+            f"{tuple(anchor_labels.shape)}"
+        )
+    if memory.dim() != 3 or memory.shape[-1] != anchors.shape[-1] or filled.shape != memory.shape[:2]:
+        raise ValueError(
+            f"memory must be K x R x D with D = {anchors.shape[-1]} and filled K x R, got {tuple(memory.shape)} "
+            f"and {tuple(filled.shape)}"
+        )
+    num_groups, n_view, dim = anchors.shape
+    features = anchors.reshape(num_groups * n_view, dim)
+    if features.shape[0] == 0 or memory.numel() == 0:
+        return features.float().sum() * 0.0  # nothing to contrast: a zero that keeps the graph
+    labels = anchor_labels.long().repeat_interleave(n_view)
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        dtype = torch.promote_types(features.dtype, torch.float32)
+        return _ClassMemoryContrast.apply(
+            features.to(dtype), labels, memory.to(dtype), filled.bool(), temperature, temperature / base_temperature
         )

@@ -3,6 +3,8 @@
 Features are L2-normalised per pixel and the classifiers are the epoch's k-means centroids, normalised as
 well, so labelling (nearest centroid) and the logits use the same cosine similarity: the pseudo-label of a
 pixel is the arg-max of its own logits. The logits are the cosine similarities divided by ``temperature``.
+:func:`warp_features` applies the geometric transform that links the two views to a feature map (the ``G`` in
+the equivariance term ``G(f(x))``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,38 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def warp_features(features: Tensor, geometry: Tensor, output_size: tuple[int, int] | None = None) -> Tensor:
+    """Apply the geometric transforms to feature maps of the whole views, for the whole batch at once.
+
+    Bilinear sampling of each crop box (``align_corners=False`` convention: box edges are pixel edges), with
+    the horizontal flip folded into the sampling grid. For a flip alone the result equals ``features.flip(-1)``.
+
+    Args:
+        features: ``B x D x h x w`` feature maps of view 2.
+        geometry: ``B x 5`` boxes ``x0, y0, x1, y1`` (fractions of the side) and flip flags, as in the batch.
+        output_size: ``(h_out, w_out)``; default ``(h, w)``.
+
+    Returns:
+        ``B x D x h_out x w_out``, aligned pixel to pixel with view 1's feature map.
+    """
+    if geometry.ndim != 2 or geometry.shape[1] != 5 or geometry.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"geometry must be B x 5 (x0, y0, x1, y1, flip) with B={features.shape[0]}, got {tuple(geometry.shape)}"
+        )
+    output_size = tuple(output_size or features.shape[-2:])
+    geometry = geometry.to(device=features.device, dtype=torch.float32)
+    x0, y0, x1, y1, flip = geometry.unbind(dim=1)
+    sign = 1.0 - 2.0 * flip
+    theta = torch.zeros(features.shape[0], 2, 3, device=features.device, dtype=torch.float32)
+    theta[:, 0, 0] = (x1 - x0) * sign
+    theta[:, 0, 2] = x0 + x1 - 1.0
+    theta[:, 1, 1] = y1 - y0
+    theta[:, 1, 2] = y0 + y1 - 1.0
+    grid = F.affine_grid(theta, [features.shape[0], 1, *output_size], align_corners=False)
+    return F.grid_sample(features, grid.to(features.dtype), mode="bilinear", align_corners=False)
+
 
 
 def _check_pair(features: Tensor, centroids: Tensor) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pixcontrast.distributed import is_synchronised
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -181,16 +182,10 @@ class ProjectionHead(nn.Module):
         """
         (first, norm, activation), last = self.layers
         hidden = F.linear(pixels, first.weight.flatten(1), first.bias)[:, :, None, None]  # N x C x 1 x 1
-        if norm.training and pixels.shape[0] == 1 and not _is_synchronised(norm):
+        if norm.training and pixels.shape[0] == 1 and not is_synchronised(norm):
             hidden = F.batch_norm(hidden, norm.running_mean, norm.running_var, norm.weight, norm.bias, eps=norm.eps)
         else:
             hidden = norm(hidden)
         embeddings = F.linear(activation(hidden.flatten(1)), last.weight.flatten(1), last.bias)
         return F.normalize(embeddings, p=2, dim=1)
 
-
-def _is_synchronised(norm: nn.Module) -> bool:
-    """Whether ``norm`` is a SyncBatchNorm that computes its statistics over more than one process."""
-    if not (isinstance(norm, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized()):
-        return False
-    return dist.get_world_size(norm.process_group or dist.group.WORLD) > 1

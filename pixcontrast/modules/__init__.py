@@ -3,5 +3,6 @@
 from pixcontrast.modules.base import SegmentationModule
 from pixcontrast.modules.contrastive import ContrastiveSegmenter
 from pixcontrast.modules.picie import PiCIE
+from pixcontrast.modules.pixel_contrast import PixelContrast
 
-__all__ = ["SegmentationModule", "ContrastiveSegmenter", "PiCIE"]
+__all__ = ["SegmentationModule", "ContrastiveSegmenter", "PiCIE", "PixelContrast"]

@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from pixcontrast.inference import predict_logits
 from pixcontrast.models import Segmenter
+from pixcontrast.modules.evaluation import StageEvaluation
 
 EVAL_MODES = ("whole", "slide", "multiscale")
 OPTIMIZERS = ("sgd", "adamw")
@@ -32,7 +33,7 @@ def masked_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int) -> T
     return total / (target != ignore_index).sum().clamp_min(1)
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(StageEvaluation, L.LightningModule):
     """Supervised semantic segmentation: a :class:`~pixcontrast.models.Segmenter` trained with cross-entropy.
 
     Template hooks (override one instead of ``__init__``): :meth:`configure_models` builds ``self.model``,
@@ -242,7 +243,8 @@ class SegmentationModule(L.LightningModule):
         return losses["loss"]
 
     # ------------------------------------------------------------------------------------------ evaluation
-    def _evaluation_step(self, batch: dict[str, Any], stage: str) -> None:
+    def evaluation_step(self, batch: dict[str, Any], stage: str) -> None:
+        """Validation/test step: logits with the configured evaluation mode, the stage's metrics and loss."""
         self.check_batch(batch, stage)
         logits = self.predict_logits(batch["image"])
         masks = batch["mask"]
@@ -251,29 +253,17 @@ class SegmentationModule(L.LightningModule):
         metrics.update(logits.argmax(dim=1), masks)
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=masks.shape[0])
 
-    def _log_epoch_metrics(self, stage: str) -> None:
+    def compute_stage_metrics(self, stage: str) -> dict[str, Tensor]:
+        """Dataset-level ``miou`` (mean over the classes present), ``pixel_accuracy`` and ``per_class_iou``."""
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         values = metrics.compute()
-        per_class = values[f"{stage}/iou"]
-        logged = {
-            f"{stage}/miou": per_class.nanmean(),
-            f"{stage}/pixel_accuracy": values[f"{stage}/pixel_accuracy"],
-        }
-        logged.update({f"{stage}/iou_{name}": iou for name, iou in zip(self.class_names, per_class)})
-        self.log_dict(logged)
         metrics.reset()
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluation_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluation_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
+        per_class = values[f"{stage}/iou"]
+        return {
+            "miou": per_class.nanmean(),
+            "pixel_accuracy": values[f"{stage}/pixel_accuracy"],
+            "per_class_iou": per_class,
+        }
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Label maps B x H x W (int64) with the names and images, for :class:`SegmentationPredictionWriter`."""

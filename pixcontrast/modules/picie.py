@@ -18,15 +18,15 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from pixcontrast.data.picie_views import warp_features
-from pixcontrast.losses.picie import cluster_scores, picie_loss
+from pixcontrast.losses.picie import cluster_scores, picie_loss, warp_features
 from pixcontrast.metrics import HungarianMatchedSegmentation
 from pixcontrast.models.fpn import PiCIENetwork
+from pixcontrast.modules.evaluation import StageEvaluation
 
 TRAIN_KEYS = ("image1", "image2", "geometry")
 
 
-class PiCIE(L.LightningModule):
+class PiCIE(StageEvaluation, L.LightningModule):
     """PiCIE on any timm encoder with the paper's light FPN.
 
     Args:
@@ -245,7 +245,8 @@ class PiCIE(L.LightningModule):
         scores = cluster_scores(features, self.centroids(key))
         return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
-    def _evaluation_step(self, batch: Mapping[str, Any], stage: str) -> None:
+    def evaluation_step(self, batch: Mapping[str, Any], stage: str) -> None:
+        """Update the Hungarian-matched metrics (and the over-clustering ones) of ``stage`` with one batch."""
         if not self._evaluate or not self.has_centroids:
             return  # e.g. the sanity check before the first clustering pass
         images, masks = batch["image"], batch["mask"]
@@ -255,37 +256,25 @@ class PiCIE(L.LightningModule):
             over_logits = self.cluster_logits(images, "view1_over", features=features)
             getattr(self, f"{stage}_over_metric").update(over_logits, masks)
 
-    def _log_epoch_metrics(self, stage: str) -> None:
+    def compute_stage_metrics(self, stage: str) -> dict[str, Tensor] | None:
+        """Matched ``miou``, ``pixel_accuracy``, ``per_class_iou`` (+ ``over_*``); validation keeps the matching."""
         if not self._evaluate:
-            return
+            return None
         if not self.has_centroids:
             rank_zero_warn(f"PiCIE: no centroids yet, {stage} metrics skipped (they need a clustering pass)")
-            return
+            return None
         metric = getattr(self, f"{stage}_metric")
         result = metric.compute()
         metric.reset()
         if stage == "val":
             self.assignment.copy_(result["assignment"])
-        logged = {f"{stage}/miou": result["miou"], f"{stage}/pixel_accuracy": result["pixel_accuracy"]}
-        logged.update({f"{stage}/iou_{name}": iou for name, iou in zip(self.class_names, result["per_class_iou"])})
+        values = {key: result[key] for key in ("miou", "pixel_accuracy", "per_class_iou")}
         if self.hparams.over_clusters is not None:
             over_metric = getattr(self, f"{stage}_over_metric")
             over = over_metric.compute()
             over_metric.reset()
-            logged.update({f"{stage}/over_miou": over["miou"], f"{stage}/over_pixel_accuracy": over["pixel_accuracy"]})
-        self.log_dict(logged)
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluation_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluation_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
+            values.update(over_miou=over["miou"], over_pixel_accuracy=over["pixel_accuracy"])
+        return values
 
     def predict_maps(self, images: Tensor, features: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(cluster_map, label_map)``, both ``B x H x W`` int64.

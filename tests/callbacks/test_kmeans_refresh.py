@@ -71,21 +71,27 @@ def test_every_n_epochs_and_bounds(tmp_path):
     assert module.trainer.callback_metrics["kmeans/points_features"] == 20  # 32 points seen, 20 kept
 
 
-def test_checkpoint_round_trip(tmp_path):
-    first = ToyModule()
+def test_checkpoint_keeps_progress_not_centroids(tmp_path):
+    """The module owns the centroids; the callback's checkpoint state is the last refreshed epoch only."""
     run = trainer(tmp_path / "first", KMeansRefresh(every_n_epochs=5), max_epochs=1)
-    run.fit(first)
-    saved = first.received[-1][1]
+    run.fit(ToyModule())
     checkpoint = run.checkpoint_callback.best_model_path
-    assert torch.load(checkpoint, weights_only=False)["callbacks"]
+    states = torch.load(checkpoint, weights_only=False)["callbacks"]
+    assert [state for key, state in states.items() if key.startswith("KMeansRefresh")] == [{"refreshed_epoch": 0}]
 
     resumed = ToyModule()
     trainer(tmp_path / "resumed", KMeansRefresh(every_n_epochs=5), max_epochs=2).fit(resumed, ckpt_path=checkpoint)
-    assert len(resumed.received) == 1  # epoch 1 is no refresh epoch: the stored centroids are handed over
-    epoch, restored = resumed.received[0]
-    assert epoch == 1
-    for key in ("a", "b"):
-        assert torch.equal(restored[key], saved[key])
+    assert resumed.received == []  # epoch 1 is no refresh epoch and nothing is handed over: the module kept them
+
+
+def test_an_epoch_already_refreshed_is_not_refreshed_again(tmp_path):
+    """A run resumed inside a refreshed epoch keeps the module's restored centroids."""
+    callback = KMeansRefresh()
+    callback.load_state_dict({"refreshed_epoch": 0})
+    module = ToyModule()
+    trainer(tmp_path, callback, max_epochs=2, enable_checkpointing=False).fit(module)
+    assert [epoch for epoch, _ in module.received] == [1]
+    assert callback.state_dict() == {"refreshed_epoch": 1}
 
 
 def test_errors(tmp_path):

@@ -1,6 +1,5 @@
 import importlib.util
 import os
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +11,8 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
-from pixcontrast.callbacks.visualization import SegmentationVisualizer, confusion_counts, sample_per_group
+from pixcontrast.callbacks.visualization import SegmentationVisualizer, confusion_counts
+from pixcontrast.losses.sampling import sample_per_group
 from pixcontrast.data.base import denormalize_image
 from pixcontrast.data.synthetic import SyntheticScenesDataModule
 from pixcontrast.visualization_utils import GRID_PANELS, HEADER_HEIGHT, tile_scale
@@ -199,8 +199,9 @@ def test_module_without_hook_fails_early(tmp_path):
         SegmentationVisualizer().setup(_fake_trainer(tmp_path, True), module, "fit")
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_ddp_two_processes_only_rank_zero_writes(tmp_path):
-    start = time.perf_counter()
     markers = tmp_path / "markers"
     markers.mkdir()
     callback = MarkingVisualizer(num_images=2, sample_images=2, output_dir=str(markers))
@@ -213,7 +214,6 @@ def test_ddp_two_processes_only_rank_zero_writes(tmp_path):
     names = sorted(os.listdir(markers))
     assert {"hook_rank0", "hook_rank1", "write_rank0"} <= set(names) and "write_rank1" not in names
     assert "segmentation_grid_epoch000.png" in names
-    assert time.perf_counter() - start < 120
 
 
 def test_grid_layout_overlays_and_projection():

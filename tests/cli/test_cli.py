@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pixcontrast.cli import main
+from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+
+from pixcontrast.cli import main, run_lightning
 
 CONFIGS = Path(__file__).parents[2] / "examples" / "configs"
 
@@ -55,8 +57,19 @@ def test_python_dash_m_runs_the_same_command():
     assert "ContrastiveSegmenter" in result.stdout
 
 
-@pytest.mark.parametrize("switch", ["--trainer.enable_progress_bar=false", "--trainer.logger=false"])
-def test_trainer_switches_turn_off_the_default_callbacks(switch, tmp_path):
-    main(["fit", "--config", str(CONFIGS / "synthetic_baseline.yaml"), switch, "--trainer.fast_dev_run=true",
-          f"--trainer.default_root_dir={tmp_path}", "--data.init_args.num_workers=0",
-          "--data.init_args.image_size=32", "--data.init_args.batch_size=2", "--model.init_args.head_channels=8"])
+@pytest.mark.parametrize(
+    ("switch", "dropped", "kept"),
+    [
+        ("--trainer.enable_progress_bar=false", RichProgressBar, LearningRateMonitor),
+        ("--trainer.logger=false", LearningRateMonitor, RichProgressBar),
+    ],
+)
+def test_trainer_switches_turn_off_the_default_callbacks(switch, dropped, kept, tmp_path):
+    cli = run_lightning(
+        ["fit", "--config", str(CONFIGS / "synthetic_baseline.yaml"), switch, "--trainer.fast_dev_run=true",
+         f"--trainer.default_root_dir={tmp_path}", "--data.init_args.num_workers=0",
+         "--data.init_args.image_size=32", "--data.init_args.batch_size=2", "--model.init_args.head_channels=8"]
+    )
+    kinds = [type(callback) for callback in cli.trainer.callbacks]
+    assert dropped not in kinds and kept in kinds
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1  # the run itself went through

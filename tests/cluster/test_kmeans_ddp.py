@@ -1,10 +1,13 @@
 """KMeans under torch.distributed: 2 CPU processes (gloo) must agree with each other and with one process."""
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pixcontrast.cluster import KMeans
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 SIZES = (700, 300)  # uneven shards on purpose
 

@@ -12,8 +12,8 @@ from pixcontrast.data.picie_views import (
     PhotometricParams,
     PiCIEDataModule,
     PiCIEViews,
-    warp_features,
 )
+from pixcontrast.losses.picie import warp_features
 
 
 class TinyDataset(SegmentationDataset):

@@ -39,6 +39,8 @@ from conftest import (
     write_config,
 )
 
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
 MEMORY = {"memory_size": 64, "pixels_per_image": 2}
 FEATURE_STRIDE = 8
 RESEED = {"class_path": "state_probe.ReseedAsDDP"}
@@ -62,7 +64,7 @@ def sharded_memory_run(tmp_path_factory) -> Path:
 def expected_bank_rows(names: list[str], image_size: int = 48, num_classes: int = 4) -> np.ndarray:
     """Rows the bank gains from ``names`` (synthetic train images): per class, pixel rows and segment rows."""
     from pixcontrast.data.synthetic import SyntheticScenesDataset
-    from pixcontrast.losses.pixel_contrast import downsample_labels
+    from pixcontrast.losses.sampling import downsample_labels
 
     dataset = SyntheticScenesDataset(8, "train", num_classes, image_size, seed=0)
     rows = np.zeros((num_classes, 2), dtype=np.int64)
@@ -90,7 +92,7 @@ def test_sharded_ranks_hold_identical_state(sharded_memory_run):
 def test_sharded_memory_bank_is_gathered(sharded_memory_run):
     state = load(sharded_memory_run / "probe" / "rank0.pt")
     names = [name for r in range(2) for step in load(sharded_memory_run / "probe" / f"rank{r}.pt")["names"] for name in step]
-    filled = state["state_dict"]["contrast_loss.memory_bank.filled"].numpy()
+    filled = state["state_dict"]["contrast.criterion.memory_bank.filled"].numpy()
     assert (filled == expected_bank_rows(names)).all()  # rows of both ranks' 8 images, not of one rank's 4
     checkpoint = load(sharded_memory_run / "checkpoints" / "last.ckpt")
     assert_states_equal(
@@ -206,4 +208,4 @@ def test_contrast_warm_up_under_ddp(tmp_path):
     rank0, rank1 = (load(tmp_path / "probe" / f"rank{r}.pt") for r in range(2))
     assert rank0["global_step"] == rank1["global_step"] == 4
     assert_states_equal(rank0["state_dict"], rank1["state_dict"])
-    assert rank0["state_dict"]["contrast_loss.memory_bank.filled"].sum() > 0  # the contrast term ran after it
+    assert rank0["state_dict"]["contrast.criterion.memory_bank.filled"].sum() > 0  # the contrast term ran after it

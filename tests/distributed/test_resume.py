@@ -30,6 +30,8 @@ from conftest import (
     write_config,
 )
 
+pytestmark = [pytest.mark.slow]
+
 CRASH = {"class_path": "state_probe.CrashAtStep", "init_args": {"step": 2}}
 KMEANS = {"class_path": "pixcontrast.callbacks.KMeansRefresh", "init_args": {"progress_bar": False}}
 
@@ -72,7 +74,7 @@ def test_contrast_with_memory_resumes_exactly(tmp_path):
         synthetic_data(num_train=4, batch_size=2),
         [],
     )
-    assert full["state_dict"]["contrast_loss.memory_bank.filled"].sum() > 0
+    assert full["state_dict"]["contrast.criterion.memory_bank.filled"].sum() > 0
     assert full["scheduler"][0]["last_epoch"] == 4  # the poly schedule advanced once per step
 
 

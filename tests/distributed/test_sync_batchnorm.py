@@ -29,6 +29,7 @@ def networks() -> dict[str, nn.Module]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fcn", "aspp", "ocr", "picie_fpn"])
 def test_sync_batchnorm_conversion_covers_every_norm_and_keeps_outputs(name):
     torch.manual_seed(0)

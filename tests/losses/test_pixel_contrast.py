@@ -113,6 +113,23 @@ def test_matches_loop_implementation(max_samples, max_views):
     assert torch.allclose(emb_a.grad, emb_b.grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_sample_anchors_takes_labels_at_either_resolution(scale):
+    """Labels at the input resolution are resized as the loss resizes them; the loss accepts both too."""
+    emb, lab, pred = make_batch(h=6, w=8)
+    big = lab.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    small_result = sample_anchors(emb, lab, pred, 40, 5, IGNORE, torch.Generator().manual_seed(2))
+    big_result = sample_anchors(emb, big, pred, 40, 5, IGNORE, torch.Generator().manual_seed(2))
+    assert small_result[0].shape[0] > 0
+    for small, large in zip(small_result, big_result):
+        assert torch.equal(small, large)
+    losses = [
+        PixelContrastLoss(max_samples=40, max_views=5)(emb, labels, pred, torch.Generator().manual_seed(2))
+        for labels in (lab, big)
+    ]
+    assert torch.equal(losses[0], losses[1])
+
+
 def test_module_resizes_labels_like_interpolate():
     emb, lab, pred = make_batch(h=6, w=8)
     big = lab.repeat_interleave(4, 1).repeat_interleave(4, 2)
@@ -266,8 +283,6 @@ def test_shape_errors(emb_shape, lab_shape, pred_shape, match):
 
 def test_value_errors():
     emb, lab, pred = make_batch()
-    with pytest.raises(ValueError, match="embedding resolution"):
-        sample_anchors(emb, lab.repeat(1, 2, 2), pred, 10, 10, IGNORE)
     with pytest.raises(ValueError, match="integer class ids"):
         PixelContrastLoss()(emb, lab.float(), pred)
     with pytest.raises(ValueError, match="outside"):

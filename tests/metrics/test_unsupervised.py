@@ -136,6 +136,7 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, results) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.distributed
 def test_two_process_ddp_equals_single_process(tmp_path):
     target, pred = _batches()
     single = HungarianMatchedSegmentation(4, 6)

@@ -1,4 +1,4 @@
-"""ContrastiveSegmenter: warm-up, memory variant, zero inference overhead."""
+"""ContrastiveSegmenter and its PixelContrast term: warm-up, memory variant, the hook, zero inference overhead."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pixcontrast.models import Segmenter
-from pixcontrast.modules import ContrastiveSegmenter
+from pixcontrast.modules import ContrastiveSegmenter, PixelContrast
 
 
 def scene_batch(batch_size: int = 2, size: int = 32, num_classes: int = 3) -> dict:
@@ -33,7 +33,7 @@ def test_contrast_term_is_added_after_warmup():
 
 def test_contrast_term_is_off_during_warmup():
     module = contrastive(warmup_steps=10)
-    head = module.model.projection_head
+    head = module.contrast.head
     calls = []
     head.register_forward_hook(lambda *args: calls.append(1))
     losses = module.compute_losses(scene_batch())
@@ -51,7 +51,7 @@ def test_sampled_projection_equals_projecting_the_map(memory_size):
         module = contrastive(
             project_sampled_pixels=sampled, memory_size=memory_size, pixels_per_image=2, segment_pixels=16
         )
-        module.model.projection_head.eval()
+        module.contrast.head.eval()
         modules.append(module)
     modules[1].load_state_dict(modules[0].state_dict())
     results = []
@@ -62,14 +62,14 @@ def test_sampled_projection_equals_projecting_the_map(memory_size):
     torch.testing.assert_close(results[0], results[1])
     assert results[0][-1] > 0  # (with a bank, the first step contrasts with an empty bank: 0)
     if memory_size:
-        banks = [module.contrast_loss.memory_bank for module in modules]
+        banks = [module.contrast.memory_bank for module in modules]
         torch.testing.assert_close(banks[0].queue, banks[1].queue)
 
 
 def test_contrast_gradients_reach_the_projection_head():
     module = contrastive(loss_weight=1.0)
     module.compute_losses(scene_batch())["loss"].backward()
-    projection_grads = [p.grad for p in module.model.projection_head.parameters()]
+    projection_grads = [p.grad for p in module.contrast.head.parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in projection_grads)
 
 
@@ -78,13 +78,13 @@ def test_memory_variant_fills_the_bank_and_keeps_it_in_the_state_dict():
     module.train()
     for _ in range(2):  # the second step contrasts with the rows the first one enqueued
         module.compute_losses(scene_batch())["loss"].backward()
-    bank = module.contrast_loss.memory_bank
+    bank = module.contrast.memory_bank
     assert bank.filled.sum() > 0
     state = module.state_dict()
-    assert any(key.startswith("contrast_loss.memory_bank.") for key in state)
+    assert any(key.startswith("contrast.criterion.memory_bank.") for key in state)
     restored = contrastive(memory_size=16, pixels_per_image=2, max_views=1)
     restored.load_state_dict(state)
-    torch.testing.assert_close(restored.contrast_loss.memory_bank.queue, bank.queue)
+    torch.testing.assert_close(restored.contrast.memory_bank.queue, bank.queue)
 
 
 @pytest.mark.parametrize("head", ["fcn", "ocr"])
@@ -94,7 +94,7 @@ def test_inference_costs_nothing_extra(head):
     inference = module.model.inference_network()
     assert sum(p.numel() for p in inference.parameters()) == sum(p.numel() for p in plain.parameters())
     calls = []
-    module.model.projection_head.register_forward_hook(lambda *args: calls.append(1))
+    module.contrast.head.register_forward_hook(lambda *args: calls.append(1))
     batch = scene_batch()
     with torch.no_grad():
         module(batch["image"])
@@ -110,3 +110,93 @@ def test_inference_costs_nothing_extra(head):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         contrastive(**kwargs)
+
+
+def feature_batch(channels: int = 6, classes: int = 3, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    masks = torch.randint(0, classes, (2, 4, 4), generator=generator).repeat_interleave(4, 1).repeat_interleave(4, 2)
+    features = torch.randn(2, channels, 8, 8, generator=generator, requires_grad=True)
+    logits = torch.randn(2, classes, 4, 4, generator=generator)  # another resolution than the features
+    return features, masks, logits
+
+
+def test_warmup_gives_zero_gradients_then_the_weighted_loss():
+    term = PixelContrast(6, 3, proj_dim=4, loss_weight=0.5, warmup_steps=2, max_views=4)
+    features, masks, logits = feature_batch()
+    idle = term(features, masks, logits, step=1)
+    assert idle.item() == 0.0 and term.loss(features, masks, logits, step=1) is None
+    idle.backward()
+    assert all(p.grad is not None and not p.grad.any() for p in term.head.parameters())
+    term.zero_grad()
+    weighted = term(features, masks, logits, step=2, generator=torch.Generator().manual_seed(0))
+    plain = term.loss(features, masks, logits, step=2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(weighted, 0.5 * plain)
+    assert plain > 0
+    weighted.backward()
+    assert all(p.grad.abs().sum() > 0 for p in term.head.parameters())
+    assert features.grad.abs().sum() > 0
+
+
+def test_the_segmenter_uses_the_same_term():
+    module = contrastive(loss_weight=0.3).eval()  # no dropout: both calls see the same features
+    batch = scene_batch()
+    torch.manual_seed(0)
+    losses = module.compute_losses(batch)
+    output = module.model.forward_train(batch["image"], embed=False)
+    torch.manual_seed(0)
+    direct = module.contrast(output.features, batch["mask"], output.logits, module.global_step)
+    torch.testing.assert_close(0.3 * losses["contrast"], direct)
+    assert set(module.contrast.state_dict()) >= {"head.layers.1.weight"}
+
+
+def test_memory_bank_lives_in_the_term():
+    term = PixelContrast(6, 3, proj_dim=4, memory_size=8, pixels_per_image=2, max_views=1)
+    features, masks, logits = feature_batch()
+    term(features, masks, logits, step=0)
+    assert term.memory_bank is not None and term.memory_bank.filled.sum() > 0
+    assert any(key.startswith("criterion.memory_bank.") for key in term.state_dict())
+    assert PixelContrast(6, 3).memory_bank is None
+
+
+def test_contrast_inputs_hook_changes_what_the_term_sees():
+    seen = []
+
+    class OnlyClassZero(ContrastiveSegmenter):
+        def contrast_inputs(self, batch, output):
+            inputs = super().contrast_inputs(batch, output)
+            seen.append(inputs)
+            masks = inputs["masks"].clone()
+            masks[masks != 0] = self.hparams.ignore_index  # one class only: no negatives, no positive pairs
+            return {**inputs, "masks": masks}
+
+    module = OnlyClassZero(num_classes=3, head_channels=16, proj_dim=8, max_views=2, warmup_steps=0)
+    losses = module.compute_losses(scene_batch())
+    assert len(seen) == 1 and set(seen[0]) == {"features", "masks", "logits"}
+    assert seen[0]["features"].shape[1] == module.model.encoder.head_channels
+    assert losses["contrast"].item() == 0.0  # a single class: every anchor lacks negatives, the loss is 0
+    assert contrastive().compute_losses(scene_batch())["contrast"] > 0
+
+
+@pytest.mark.parametrize(
+    ("shapes", "message"),
+    [
+        (((2, 5, 8, 8), (2, 16, 16), (2, 3, 4, 4)), "in_channels=6"),
+        (((2, 6, 8, 8), (2, 16), (2, 3, 4, 4)), "masks must be"),
+        (((2, 6, 8, 8), (3, 16, 16), (2, 3, 4, 4)), "masks must be"),
+        (((2, 6, 8, 8), (2, 16, 16), (2, 4, 4)), "logits must be"),
+    ],
+)
+def test_bad_inputs_name_the_cause(shapes, message):
+    features, masks, logits = (torch.zeros(shape) for shape in shapes)
+    with pytest.raises(ValueError, match=message):
+        PixelContrast(6, 3)(features, masks.long(), logits, step=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"proj_dim": 0}, "proj_dim"), ({"loss_weight": -1.0}, "loss_weight"), ({"warmup_steps": -1}, "warmup_steps"),
+     ({"segment_pixels": 0}, "segment_pixels"), ({"in_channels": 0}, "in_channels")],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PixelContrast(**{"in_channels": 6, "num_classes": 3, **kwargs})

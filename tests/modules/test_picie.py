@@ -167,3 +167,11 @@ def test_configs_name_the_paper_settings(name):
         assert config["data"]["init_args"]["input_size"] == 320 and config["data"]["init_args"]["eval_size"] == 320
         assert config["data"]["init_args"]["datamodule"]["init_args"]["label_set"] == "27"
         assert model["lr"] == (1e-4 if name.startswith("coco") else 1e-3)
+
+
+def test_validation_and_test_steps_are_shared_with_the_segmentation_module():
+    from pixcontrast.modules import SegmentationModule
+    from pixcontrast.modules.evaluation import StageEvaluation
+
+    for hook in ("validation_step", "test_step", "on_validation_epoch_end", "on_test_epoch_end"):
+        assert getattr(PiCIE, hook) is getattr(SegmentationModule, hook) is getattr(StageEvaluation, hook)
