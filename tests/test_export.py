@@ -20,7 +20,7 @@ def _count(module: torch.nn.Module) -> int:
 @pytest.fixture(scope="module")
 def segmenter() -> Segmenter:
     torch.manual_seed(0)
-    return Segmenter(3, TINY, "ocr", aux_head=True, proj_dim=8, head_channels=8).eval()
+    return Segmenter(3, TINY, "ocr", aux_head=True, head_channels=8).eval()
 
 
 @pytest.fixture
@@ -34,8 +34,7 @@ def test_torchscript_matches_forward_at_other_sizes(segmenter, images, tmp_path)
     loaded = torch.jit.load(str(path))
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), segmenter(images))
-    plain = Segmenter(3, TINY, "ocr", proj_dim=None, head_channels=8)
-    assert _count(loaded) == _count(plain) < _count(segmenter)
+    assert _count(loaded) == _count(segmenter.inference_network()) == _count(Segmenter(3, TINY, "ocr", head_channels=8))
 
 
 def test_onnx_matches_forward_in_onnxruntime(segmenter, images, tmp_path):
@@ -71,14 +70,14 @@ def test_export_errors(segmenter, tmp_path):
 class _ToyModule(L.LightningModule):
     """Keeps its Segmenter at ``model`` and the Segmenter arguments in its hyperparameters, like our modules."""
 
-    def __init__(self, num_classes: int, encoder: str, head: str, proj_dim: int, head_channels: int, lr: float = 0.1):
+    def __init__(self, num_classes: int, encoder: str, head: str, aux_head: bool, head_channels: int, lr: float = 0.1):
         super().__init__()
         self.save_hyperparameters()
-        self.model = Segmenter(num_classes, encoder, head, proj_dim=proj_dim, head_channels=head_channels)
+        self.model = Segmenter(num_classes, encoder, head, aux_head=aux_head, head_channels=head_channels)
 
     def training_step(self, batch, batch_idx):
         output = self.model.forward_train(batch)
-        return output.logits.mean() + output.embeddings.mean()
+        return output.logits.mean() + output.aux_logits.mean()
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
@@ -86,7 +85,7 @@ class _ToyModule(L.LightningModule):
 
 def test_load_inference_network_from_lightning_checkpoint(tmp_path, images):
     torch.manual_seed(0)
-    module = _ToyModule(3, TINY, "aspp", proj_dim=8, head_channels=8)
+    module = _ToyModule(3, TINY, "aspp", aux_head=True, head_channels=8)
     trainer = L.Trainer(
         max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
@@ -94,9 +93,12 @@ def test_load_inference_network_from_lightning_checkpoint(tmp_path, images):
     trainer.fit(module, DataLoader(torch.randn(2, 3, 32, 32), batch_size=2))
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)  # as checkpoints of earlier versions: a projection head inside
+    checkpoint["state_dict"]["model.projection_head.layers.0.weight"] = torch.zeros(8, 8, 1, 1)
+    torch.save(checkpoint, path)
     network = load_inference_network_from_checkpoint(path)
     assert not network.training
-    assert not any("projection" in name for name in network.state_dict())
+    assert not any("projection" in name or "aux_head" in name for name in network.state_dict())
     module.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(network(images), module.model(images))

@@ -8,6 +8,7 @@ import torch
 from pixcontrast.export import export_model
 from pixcontrast.inference import multiscale_inference, sliding_window_inference
 from pixcontrast.models import Segmenter
+from pixcontrast.modules import ContrastiveSegmenter
 
 VIT = "test_vit"  # timm's tiny ViT (patch 16, made for 160 x 160)
 
@@ -19,7 +20,7 @@ def _count(module: torch.nn.Module) -> int:
 @pytest.fixture(scope="module")
 def segmenter() -> Segmenter:
     torch.manual_seed(0)
-    return Segmenter(3, VIT, "ocr", proj_dim=8, head_channels=8).eval()
+    return Segmenter(3, VIT, "ocr", head_channels=8).eval()
 
 
 @pytest.fixture
@@ -27,13 +28,15 @@ def images() -> torch.Tensor:  # neither side a multiple of the patch size, nor 
     return torch.randn(2, 3, 45, 70, generator=torch.Generator().manual_seed(1))
 
 
-def test_torchscript_export_keeps_any_input_size_and_drops_the_projection_head(segmenter, images, tmp_path):
-    network = segmenter.inference_network()
+def test_torchscript_export_keeps_any_input_size_and_drops_the_projection_head(images, tmp_path):
+    torch.manual_seed(0)
+    module = ContrastiveSegmenter(3, encoder=VIT, head="ocr", head_channels=8, proj_dim=8).eval()
+    network = module.model.inference_network()
     path = export_model(network, tmp_path / "vit.pt", format="torchscript", example_shape=(1, 3, 64, 64))
     loaded = torch.jit.load(str(path))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(images), segmenter(images))
-    assert _count(loaded) == _count(network) == _count(segmenter) - _count(segmenter.projection_head)
+        torch.testing.assert_close(loaded(images), module(images))
+    assert _count(loaded) == _count(network) == _count(module) - _count(module.contrast)
 
 
 @pytest.mark.parametrize("dynamic", [True, False])

@@ -1,4 +1,4 @@
-"""Segmenter = encoder + decode head (+ auxiliary head) (+ projection head, training only)."""
+"""Segmenter = encoder + decode head (+ auxiliary head, training only)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixcontrast.models.backbones import Encoder, build_encoder
-from pixcontrast.models.heads import ASPPHead, FCNHead, OCRHead, ProjectionHead, aspp_rates
+from pixcontrast.models.heads import ASPPHead, FCNHead, OCRHead, aspp_rates
 
 HEADS = ("fcn", "aspp", "ocr")
 
@@ -16,15 +16,14 @@ HEADS = ("fcn", "aspp", "ocr")
 class SegmenterOutput(NamedTuple):
     """Training outputs, all at feature resolution h x w (not upsampled).
 
-    ``logits`` B x K x h x w; ``aux_logits`` B x K x h x w or None; ``embeddings`` B x proj_dim x h x w
-    (unit norm per pixel) or None; ``features`` the B x C x h x w map the decode and projection heads read
-    (``ProjectionHead.project_pixels`` embeds selected pixels of it).
+    ``logits`` B x K x h x w; ``aux_logits`` B x K x h x w or None; ``features`` the B x C x h x w map the
+    decode head reads (ResNet: layer4; HRNetV2: the 720-channel concat, before OCR; ViT: the last block at the
+    patch stride; Swin / ConvNeXt: the last stage), which :class:`~pixcontrast.modules.PixelContrast` embeds.
     """
 
     logits: Tensor
     aux_logits: Tensor | None
-    embeddings: Tensor | None
-    features: Tensor | None = None
+    features: Tensor
 
 
 class SegmentationNetwork(nn.Module):
@@ -53,7 +52,7 @@ class SegmentationNetwork(nn.Module):
 
 
 class Segmenter(nn.Module):
-    """Semantic segmentation network with the training-only heads of pixel contrast.
+    """Semantic segmentation network: a timm encoder, a decode head and an optional training-only auxiliary head.
 
     Args:
         num_classes: K.
@@ -64,16 +63,14 @@ class Segmenter(nn.Module):
         head: ``fcn``, ``aspp`` (DeepLabV3) or ``ocr`` (OCRNet; ``head_channels=512`` as in the paper).
         aux_head: add an FCN auxiliary head on the auxiliary map (ResNet: layer3). OCR always has one: its
             logits are the soft object regions, returned as ``aux_logits``.
-        proj_dim: channels of the pixel-contrast projection head (None: no projection head). It reads the
-            map the decode head reads (ResNet: layer4; HRNetV2: the 720-channel concat, before OCR; ViT: the
-            last block at the patch stride; Swin / ConvNeXt: the last stage).
         pretrained, weights_path: timm's pretrained weights (local cache, else downloaded) or a local file.
         output_stride: None (default) is 8 for CNNs timm can dilate and the encoder's own stride otherwise;
             8, 16 or 32 ask for that stride; for a ViT any stride of its pyramid; HRNet ignores it.
         head_channels: width of the decode and auxiliary heads.
         dropout: dropout before the classifiers.
 
-    ``forward`` is the inference path and never runs the auxiliary (except OCR's regions) or projection head.
+    ``forward`` is the inference path and never runs the auxiliary head (except OCR's regions). The pixel-contrast
+    projection head is not part of the network: :class:`~pixcontrast.modules.PixelContrast` owns it.
     """
 
     def __init__(
@@ -82,7 +79,6 @@ class Segmenter(nn.Module):
         encoder: str = "resnet18",
         head: str = "fcn",
         aux_head: bool = False,
-        proj_dim: int | None = None,
         pretrained: bool = False,
         weights_path: str | None = None,
         output_stride: int | None = None,
@@ -94,8 +90,6 @@ class Segmenter(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
-        if proj_dim is not None and proj_dim <= 0:
-            raise ValueError(f"proj_dim must be a positive int or None (no projection head), got {proj_dim}")
         if head_channels <= 0:
             raise ValueError(f"head_channels must be positive, got {head_channels}")
         if not 0.0 <= dropout < 1.0:
@@ -117,7 +111,6 @@ class Segmenter(nn.Module):
             if aux_head and region_head is None
             else None
         )
-        self.projection_head = ProjectionHead(in_channels, proj_dim) if proj_dim is not None else None
         self.num_classes = num_classes
 
     @property
@@ -125,25 +118,17 @@ class Segmenter(nn.Module):
         return self.network.encoder
 
     def forward(self, images: Tensor) -> Tensor:
-        """Inference: images B x 3 x H x W -> logits B x K x H x W (no projection head)."""
+        """Inference: images B x 3 x H x W -> logits B x K x H x W."""
         return self.network(images)
 
-    def forward_train(self, images: Tensor, embed: bool = True) -> SegmenterOutput:
-        """Training: images B x 3 x H x W -> :class:`SegmenterOutput` at feature resolution.
-
-        ``embed=False`` skips the projection head (``embeddings`` is None), for callers that project selected
-        pixels of ``features`` themselves.
-        """
+    def forward_train(self, images: Tensor) -> SegmenterOutput:
+        """Training: images B x 3 x H x W -> :class:`SegmenterOutput` at feature resolution."""
         features = self.network.encoder(images)
         logits, regions = self.network.decode(features)
         aux_logits = regions
         if self.aux_head is not None:
             aux_logits = self.aux_head(features[self.encoder.aux_index])
-        embeddings = None
-        head_features = features[self.encoder.head_index]
-        if embed and self.projection_head is not None:
-            embeddings = self.projection_head(head_features)
-        return SegmenterOutput(logits, aux_logits, embeddings, head_features)
+        return SegmenterOutput(logits, aux_logits, features[self.encoder.head_index])
 
     def inference_network(self) -> SegmentationNetwork:
         """The network used for inference and export (shares this module's parameters; no training-only heads)."""

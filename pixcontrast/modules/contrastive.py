@@ -79,7 +79,7 @@ class ContrastiveSegmenter(SegmentationModule):
         return {"features": output.features, "masks": batch["mask"], "logits": output.logits}
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        output = self.model.forward_train(batch["image"], embed=False)
+        output = self.model.forward_train(batch["image"])
         losses = self.supervised_losses(output, batch["mask"])
         contrast = self.contrast.loss(**self.contrast_inputs(batch, output), step=self.global_step)
         if contrast is None:  # warm-up: zero gradients for the idle head keep DDP's reducer complete
@@ -91,6 +91,6 @@ class ContrastiveSegmenter(SegmentationModule):
 
     def visualization_outputs(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Hook for :class:`SegmentationVisualizer`: ``prediction`` B x H x W and the ``embeddings`` B x D x h x w."""
-        output = self.model.forward_train(batch["image"], embed=False)
+        output = self.model.forward_train(batch["image"])
         prediction = F.interpolate(output.logits, size=batch["image"].shape[-2:], mode="bilinear", align_corners=False)
         return {"prediction": prediction.argmax(dim=1), "embeddings": self.contrast.embed(output.features)}

@@ -43,7 +43,7 @@ def test_contrast_loss_and_kmeans_compute_in_fp32_under_bf16_autocast():
     dataset = SyntheticScenesDataset(2, num_classes=4, image_size=48)
     batch = {key: torch.stack([dataset[i][key] for i in range(2)]) for key in ("image", "mask")}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        output = module.model.forward_train(batch["image"], embed=False)
+        output = module.model.forward_train(batch["image"])
         embeddings = module.contrast.embed(output.features)
         module.compute_losses(batch)  # contrasts with the empty bank, then enqueues the bf16 embeddings
         losses = module.compute_losses(batch)

@@ -17,20 +17,22 @@ from torch import nn
 
 from pixcontrast.models import Segmenter
 from pixcontrast.models.fpn import PiCIENetwork
+from pixcontrast.models.heads import ProjectionHead
 
 
 def networks() -> dict[str, nn.Module]:
     return {
         **{
-            head: Segmenter(4, encoder="resnet10t", head=head, aux_head=True, proj_dim=16, head_channels=16)
+            head: Segmenter(4, encoder="resnet10t", head=head, aux_head=True, head_channels=16)
             for head in ("fcn", "aspp", "ocr")
         },
         "picie_fpn": PiCIENetwork("resnet10t", 16),
+        "projection": ProjectionHead(3, 8),  # PixelContrast's head (here on the images themselves)
     }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fcn", "aspp", "ocr", "picie_fpn"])
+@pytest.mark.parametrize("name", ["fcn", "aspp", "ocr", "picie_fpn", "projection"])
 def test_sync_batchnorm_conversion_covers_every_norm_and_keeps_outputs(name):
     torch.manual_seed(0)
     network = networks()[name]
@@ -61,5 +63,5 @@ def _copy(network: nn.Module) -> nn.Module:
 def _outputs(network: nn.Module, images: torch.Tensor, train: bool) -> list[torch.Tensor]:
     if isinstance(network, Segmenter) and train:
         output = network.forward_train(images)
-        return [output.logits, output.aux_logits, output.embeddings]
+        return [output.logits, output.aux_logits, output.features]
     return [network(images)]

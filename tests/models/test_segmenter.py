@@ -28,16 +28,17 @@ def _count(module: nn.Module) -> int:
 def test_encoder_head_matrix(encoder, head):
     size, reduction = ENCODERS[encoder]
     torch.manual_seed(0)
-    model = Segmenter(4, encoder, head, aux_head=True, proj_dim=8, head_channels=16)
+    model = Segmenter(4, encoder, head, aux_head=True, head_channels=16)
     calls = []
-    model.projection_head.register_forward_hook(lambda *args: calls.append(1))
+    if model.aux_head is not None:
+        model.aux_head.register_forward_hook(lambda *args: calls.append(1))
     images = torch.randn(2, 3, size, size)
 
     model.eval()
     with torch.no_grad():
         logits = model(images)
     assert logits.shape == (2, 4, size, size)
-    assert calls == []  # the inference path never runs the projection head
+    assert calls == []  # the inference path never runs the auxiliary head
 
     model.train()
     output = model.forward_train(images[:1])  # batch size 1 in training mode
@@ -45,19 +46,18 @@ def test_encoder_head_matrix(encoder, head):
     h = size // reduction
     assert output.logits.shape == (1, 4, h, h)
     assert output.aux_logits is not None and output.aux_logits.shape == (1, 4, h, h)
-    assert output.embeddings.shape == (1, 8, h, h)
-    torch.testing.assert_close(output.embeddings.norm(dim=1), torch.ones(1, h, h))
-    (output.logits.sum() + output.aux_logits.sum() + output.embeddings.sum()).backward()
-    assert calls == [1]
+    assert output.features.shape == (1, model.encoder.head_channels, h, h)
+    (output.logits.sum() + output.aux_logits.sum()).backward()
+    assert calls == ([1] if model.aux_head is not None else [])
 
 
 @pytest.mark.parametrize("head", HEADS)
 def test_inference_network_has_no_training_only_heads(head):
-    full = Segmenter(3, TINY, head, aux_head=True, proj_dim=8, head_channels=8)
-    plain = Segmenter(3, TINY, head, aux_head=False, proj_dim=None, head_channels=8)
+    full = Segmenter(3, TINY, head, aux_head=True, head_channels=8)
+    plain = Segmenter(3, TINY, head, aux_head=False, head_channels=8)
     network = full.inference_network()
-    assert _count(network) == _count(plain) < _count(full)
-    assert not any("projection" in name for name, _ in network.named_parameters())
+    assert _count(network) == _count(plain)
+    assert _count(network) < _count(full) or head == "ocr"  # OCR's region head is part of inference
     full.eval()
     images = torch.randn(1, 3, 24, 40)
     with torch.no_grad():
@@ -71,15 +71,16 @@ def test_ocr_always_returns_region_logits():
 
 def test_optional_outputs_are_none():
     output = Segmenter(3, TINY, "fcn", head_channels=8).forward_train(torch.randn(2, 3, 32, 32))
-    assert output.aux_logits is None and output.embeddings is None
+    assert output.aux_logits is None
 
 
-def test_projection_reads_decode_map():
-    hrnet = Segmenter(3, "hrnet_w18_small", "ocr", proj_dim=8, head_channels=8)
-    assert hrnet.projection_head.layers[0][0].in_channels == 16 + 32 + 64 + 128  # HRNetV2 concat, before OCR
-    resnet = Segmenter(3, TINY, "aspp", proj_dim=8, head_channels=8)
+def test_features_are_the_decode_map():
+    hrnet = Segmenter(3, "hrnet_w18_small", "ocr", head_channels=8)
+    assert hrnet.encoder.head_channels == 16 + 32 + 64 + 128  # HRNetV2 concat, before OCR
+    resnet = Segmenter(3, TINY, "aspp", head_channels=8)
     assert resnet.encoder.head_index == len(resnet.encoder.channels) - 1  # layer4
-    assert resnet.projection_head.layers[0][0].in_channels == resnet.encoder.channels[-1]
+    output = resnet.forward_train(torch.randn(1, 3, 32, 32))
+    assert output.features.shape[1] == resnet.encoder.channels[-1]
 
 
 def test_aspp_rates_follow_output_stride():
@@ -89,7 +90,7 @@ def test_aspp_rates_follow_output_stride():
 
 
 def test_sync_batchnorm_conversion():
-    model = Segmenter(3, TINY, "aspp", aux_head=True, proj_dim=8, head_channels=8)
+    model = Segmenter(3, TINY, "aspp", aux_head=True, head_channels=8)
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     kinds = {type(m) for m in converted.modules()}
     assert nn.SyncBatchNorm in kinds and nn.BatchNorm2d not in kinds
@@ -102,7 +103,6 @@ def test_sync_batchnorm_conversion():
     [
         ({"encoder": "resnet_18"}, "unknown encoder 'resnet_18'.*resnet18"),
         ({"head": "pspnet"}, "unknown head 'pspnet'"),
-        ({"proj_dim": 0}, "proj_dim"),
         ({"num_classes": 0}, "num_classes"),
         ({"num_classes": 1, "head": "ocr"}, "num_classes >= 2"),
         ({"output_stride": 4}, "output_stride"),

@@ -88,8 +88,9 @@ def test_convnext_is_dilated_to_8_by_default_and_undilated_on_request():
 def test_segmenter_on_swin_and_on_vit_pyramid_levels(encoder, head, output_stride, size):
     from pixcontrast.models import Segmenter
 
-    model = Segmenter(3, encoder, head, aux_head=True, proj_dim=8, head_channels=8, output_stride=output_stride)
+    model = Segmenter(3, encoder, head, aux_head=True, head_channels=8, output_stride=output_stride)
     output = model.forward_train(torch.randn(2, 3, size, size))
     side = math.ceil(size / model.encoder.head_reduction)
-    assert output.logits.shape == (2, 3, side, side) and output.embeddings.shape == (2, 8, side, side)
+    assert output.logits.shape == (2, 3, side, side)
+    assert output.features.shape == (2, model.encoder.head_channels, side, side)
     assert model.eval()(torch.randn(1, 3, size + 3, size - 5)).shape == (1, 3, size + 3, size - 5)

@@ -142,7 +142,7 @@ def test_the_segmenter_uses_the_same_term():
     batch = scene_batch()
     torch.manual_seed(0)
     losses = module.compute_losses(batch)
-    output = module.model.forward_train(batch["image"], embed=False)
+    output = module.model.forward_train(batch["image"])
     torch.manual_seed(0)
     direct = module.contrast(output.features, batch["mask"], output.logits, module.global_step)
     torch.testing.assert_close(0.3 * losses["contrast"], direct)
