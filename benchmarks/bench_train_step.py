@@ -1,7 +1,8 @@
 """Training-step cost of pixel contrast: ContrastiveSegmenter (plain and memory) vs the same model with CE only.
 
-One step = forward + backward + SGD step, timed on the same batch, variants interleaved, median of --repeats, in
-wall-clock seconds and in process CPU seconds (the robust figure on a shared machine, best with ``--threads 1``).
+One step = forward + backward + SGD step, timed on the same batch, variants interleaved (the order rotated each
+round, so no variant always runs first), median of --repeats, in wall-clock seconds and in process CPU seconds (the
+robust figure on a shared machine, best with ``--threads 1``).
 The contrastive variants run twice: projecting only the sampled pixels (the default) and projecting the whole
 feature map first (``project_sampled_pixels=False``, the reference code's way), both against CE only.
 CPU (default): HRNet-W18-small and DeepLabV3-ResNet18 at 512 x 512, batch 2. With CUDA: HRNet-W48 at
@@ -87,9 +88,11 @@ def bench_model(name: str, encoder: str, head: str, shape: tuple[int, int, int],
     times: dict[str, list[tuple[float, float]]] = {key: [] for key in variants}
     for key, module in variants.items():  # warm-up
         time_step(module, optimizers[key], batch, autocast)
-    for _ in range(repeats):
-        for key, module in variants.items():
-            times[key].append(time_step(module, optimizers[key], batch, autocast))
+    order = list(variants)
+    for repeat in range(repeats):
+        shift = repeat % len(order)
+        for key in order[shift:] + order[:shift]:
+            times[key].append(time_step(variants[key], optimizers[key], batch, autocast))
     wall = {key: statistics.median(t for t, _ in values) for key, values in times.items()}
     cpu = {key: statistics.median(c for _, c in values) for key, values in times.items()}
     print(f"{name}: " + ", ".join(f"{k} {wall[k]:.3f}s (cpu {cpu[k]:.3f}s)" for k in wall), file=sys.stderr)
