@@ -30,6 +30,7 @@ from pixcontrast.data.base import (
 
 MIN_CLASSES = 2
 MAX_CLASSES = 16
+CLASS_FAMILIES = (0, 1)
 MIN_IMAGE_SIZE = 32
 _SPLIT_CODES = {split: code for code, split in enumerate(SPLITS)}
 _GOLDEN = 0.618033988749895
@@ -98,23 +99,35 @@ def check_num_classes(num_classes: int) -> None:
         )
 
 
+def check_class_family(class_family: int) -> None:
+    """Raise a ``ValueError`` unless ``class_family`` is one of :data:`CLASS_FAMILIES`."""
+    if class_family not in CLASS_FAMILIES:
+        raise ValueError(f"class_family must be one of {CLASS_FAMILIES}, got {class_family!r}")
+
+
 @lru_cache(maxsize=None)
-def scene_classes(num_classes: int) -> SceneClasses:
+def scene_classes(num_classes: int, class_family: int = 0) -> SceneClasses:
     """The label set of ``num_classes`` synthetic classes: about 3/8 stuff textures, the rest textured shapes.
 
-    Thing class ``j`` has shape ``SHAPES[j % 5]`` and texture ``THING_TEXTURES[2 * j // 3]``, so every third
-    pair of thing classes shares a texture and only the shape tells them apart.
+    Family 0: thing class ``j`` has shape ``SHAPES[j % 5]`` and texture ``THING_TEXTURES[2 * j // 3]``, so every
+    third pair of thing classes shares a texture and only the shape tells them apart. Family 1 draws the same
+    kinds of textures and shapes from the other ends of the tables (for up to 8 classes no texture of family 0
+    is reused) and shifts the hues: another task built from the same visual vocabulary, e.g. to pretrain an
+    encoder for an unsupervised method evaluated on family 0.
     """
     check_num_classes(num_classes)
+    check_class_family(class_family)
     num_stuff = _num_stuff(num_classes)
-    textures = list(STUFF_TEXTURES[:num_stuff])
+    stuff_offset, thing_offset, shape_offset = 3 * class_family, 3 * class_family, 2 * class_family
+    textures = [STUFF_TEXTURES[(i + stuff_offset) % len(STUFF_TEXTURES)] for i in range(num_stuff)]
     names = [texture.name for texture in textures]
     shapes = [-1] * num_stuff
     for j in range(num_classes - num_stuff):
-        texture = THING_TEXTURES[2 * j // 3]
+        texture = THING_TEXTURES[(2 * j // 3 + thing_offset) % len(THING_TEXTURES)]
+        shape = (j + shape_offset) % len(SHAPES)
         textures.append(texture)
-        shapes.append(j % len(SHAPES))
-        names.append(f"{SHAPES[j % len(SHAPES)]}_{texture.name}")
+        shapes.append(shape)
+        names.append(f"{SHAPES[shape]}_{texture.name}")
     return SceneClasses(
         names=tuple(names),
         is_thing=np.asarray(shapes) >= 0,
@@ -122,7 +135,7 @@ def scene_classes(num_classes: int) -> SceneClasses:
         kind=np.asarray([TEXTURE_KINDS.index(t.kind) for t in textures]),
         freq=np.asarray([t.freq for t in textures], dtype=np.float32),
         angle=np.deg2rad(np.asarray([t.angle for t in textures], dtype=np.float32)),
-        hue=((np.arange(num_classes) * _GOLDEN) % 1.0).astype(np.float32),
+        hue=(((np.arange(num_classes) + 0.5 * class_family) * _GOLDEN) % 1.0).astype(np.float32),
         noise_cells=tuple(sorted({t.freq for t in textures if t.kind == "noise"})),
     )
 
@@ -349,6 +362,7 @@ class SyntheticScenesDataset(SegmentationDataset):
         image_size: int | Sequence[int] = 128,
         seed: int = 0,
         transform: Transform | None = None,
+        class_family: int = 0,
     ) -> None:
         super().__init__(transform)
         if split not in _SPLIT_CODES:
@@ -357,7 +371,7 @@ class SyntheticScenesDataset(SegmentationDataset):
             raise ValueError(f"num_images must be >= 0, got {num_images}")
         if seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed}")
-        self.classes = scene_classes(num_classes)
+        self.classes = scene_classes(num_classes, class_family)
         self.height, self.width = _image_hw(image_size)
         self.num_images = num_images
         self.split = split
@@ -392,6 +406,8 @@ class SyntheticScenesDataModule(SegmentationDataModule):
         image_size: side of the square images, or ``(height, width)``; at least 32.
         num_train, num_val, num_test: number of images per split (each split uses its own random stream).
         seed: the dataset seed; the same seed gives the same images on every machine and worker.
+        class_family: which label set (0 or 1, see :func:`scene_classes`): family 1 is a different task made
+            of the same kinds of textures and shapes, e.g. to pretrain an encoder for PiCIE on family 0.
         batch_size, num_workers, pin_memory, persistent_workers, drop_last, eval_batch_size: see
             :class:`~pixcontrast.data.base.SegmentationDataModule`.
 
@@ -408,6 +424,7 @@ class SyntheticScenesDataModule(SegmentationDataModule):
         num_val: int = 64,
         num_test: int = 64,
         seed: int = 0,
+        class_family: int = 0,
         **loader_options: Any,
     ) -> None:
         super().__init__(**loader_options)
@@ -422,7 +439,8 @@ class SyntheticScenesDataModule(SegmentationDataModule):
         self.image_size = image_size
         self.seed = seed
         self.split_sizes = {"train": num_train, "val": num_val, "test": num_test}
-        self._classes = scene_classes(num_classes)
+        self.class_family = class_family
+        self._classes = scene_classes(num_classes, class_family)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -430,5 +448,6 @@ class SyntheticScenesDataModule(SegmentationDataModule):
 
     def build_dataset(self, split: str) -> SyntheticScenesDataset:
         return SyntheticScenesDataset(
-            self.split_sizes[split], split, self.num_classes, self.image_size, self.seed
+            self.split_sizes[split], split, self.num_classes, self.image_size, self.seed,
+            class_family=self.class_family,
         )

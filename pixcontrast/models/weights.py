@@ -15,6 +15,8 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from pixcontrast.models.run_files import missing_checkpoint_hint
+
 
 def cached_pretrained_file(name: str) -> str | None:
     """Path of timm's pretrained weights for ``name`` if they are in a local cache, else None (no network)."""
@@ -60,7 +62,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", map_location: An
     """``torch.load`` of tensors and plain containers only (``weights_only=True``), with clear errors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist or is not a file")
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist or is not a file{missing_checkpoint_hint(path)}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
