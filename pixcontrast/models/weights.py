@@ -76,8 +76,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load the tensors of checkpoint ``path`` into ``model``.
 
     Checkpoint keys may carry any wrapper prefix (``module.``, ``model.``, ``backbone.``, a Segmenter's
-    ``network.encoder.model.``, ...): the prefix that matches the most of the model's keys is used. Keys the
-    model lacks (a classifier, other heads) are ignored; every model tensor must be present with its shape.
+    ``network.encoder.model.``, ...): the prefix that matches the most of the model's keys is used, so the
+    ``last.ckpt`` of a pixcontrast module gives its encoder. Keys the model lacks (a classifier, other heads)
+    are ignored; every model tensor must be present with its shape (a strict load of the encoder).
     """
     state = read_state_dict(path)
     expected = model.state_dict()
@@ -87,7 +88,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if missing:
         raise RuntimeError(
             f"weights_path {str(path)!r} does not fit the encoder: {len(missing)} of {len(expected)} tensors "
-            f"missing (e.g. {missing[:3]}); it must hold the timm model's state dict"
+            f"missing (e.g. {missing[:3]}); it must hold this encoder's weights: the timm model's state dict, or "
+            "a checkpoint of a pixcontrast module (SegmentationModule, ContrastiveSegmenter, PiCIE) built with "
+            "the same encoder"
         )
     wrong = [key for key, value in mapped.items() if value.shape != expected[key].shape]
     if wrong:
@@ -109,4 +112,6 @@ def _best_prefix(state: Mapping[str, Tensor], expected: Mapping[str, Tensor]) ->
         for key in state
         if key == anchor or key.endswith("." + anchor)
     }
-    return max(sorted(candidates), key=lambda p: sum(p + key in state for key in expected), default="")
+    # ties (e.g. PiCIE's trained network and its frozen labelling copy) go to the shortest prefix
+    ordered = sorted(candidates, key=lambda p: (len(p), p))
+    return max(ordered, key=lambda p: sum(p + key in state for key in expected), default="")
