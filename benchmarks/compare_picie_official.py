@@ -94,8 +94,8 @@ def _linear_assignment(cost: np.ndarray) -> np.ndarray:
     return np.stack(linear_sum_assignment(cost), axis=1)
 
 
-def import_official(path: Path) -> types.ModuleType:
-    """Import the official ``commons`` module (with ``utils``) from the checkout at ``path``."""
+def import_official(path: Path) -> types.SimpleNamespace:
+    """Import the official ``commons`` (with ``utils``) and ``train_picie`` modules from the checkout at ``path``."""
     if not (path / "commons.py").is_file() or not (path / "utils.py").is_file():
         raise FileNotFoundError(
             f"--official {str(path)!r} is not a checkout of janghyuncho/PiCIE (no commons.py / utils.py); "
@@ -104,7 +104,8 @@ def import_official(path: Path) -> types.ModuleType:
     _stub_module("sklearn.utils.linear_assignment_", linear_assignment=_linear_assignment)
     _stub_module("torchvision.models.utils", load_state_dict_from_url=torch.hub.load_state_dict_from_url)
     sys.path.insert(0, str(path))
-    return importlib.import_module("commons")
+    return types.SimpleNamespace(commons=importlib.import_module("commons"),
+                                 train_picie=importlib.import_module("train_picie"))
 
 
 @contextlib.contextmanager
@@ -138,7 +139,9 @@ class OfficialViews(Dataset):
     ``mode="compute"`` items are ``(index, image of view 1 or 2, None)``; ``mode="train"`` items are ``(index,
     image1, image2, label1, label2)`` with the labels read from the files the official ``compute_labels`` wrote
     to ``label_dir``. View 1 already holds ``G`` (our ``G(P1 x)``), so ``transform_eqv`` leaves images as they are
-    and warps feature maps with ``G``, exactly as our module does.
+    and warps feature maps with ``G``, exactly as our module does. The official procedure reads every image five
+    times per epoch (two k-means passes, two labelling passes, training): the epoch's views are generated once
+    (:meth:`set_epoch`) and kept in memory, so data generation costs both sides the same.
     """
 
     def __init__(self, datamodule: PiCIEDataModule, label_dir: Path) -> None:
@@ -146,12 +149,18 @@ class OfficialViews(Dataset):
         self.label_dir = label_dir
         self.mode = "compute"
         self.view = 1
+        self.items: list[dict] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select and generate the views of ``epoch`` (the official ``reshuffle`` draws new views per epoch)."""
+        self.views.set_epoch(epoch)
+        self.items = [self.views[index] for index in range(len(self.views))]
 
     def __len__(self) -> int:
         return len(self.views)
 
     def __getitem__(self, index: int) -> tuple:
-        item = self.views[index]
+        item = self.items[index]
         if self.mode == "compute":
             return index, item["image1"] if self.view == 1 else item["image2"], None
         labels = []
@@ -164,7 +173,7 @@ class OfficialViews(Dataset):
     def transform_eqv(self, indices: list[int], maps: torch.Tensor) -> torch.Tensor:
         if maps.shape[1] <= 5:  # images: G is already in view 1
             return maps
-        geometry = torch.stack([self.views.draw_params(i)[0].as_tensor() for i in indices])
+        geometry = torch.stack([self.items[i]["geometry"] for i in indices])
         return warp_features(maps, geometry)
 
 
@@ -182,13 +191,14 @@ class OfficialEval(Dataset):
         return index, item["image"], item["mask"]
 
 
-def run_official(commons: types.ModuleType, config: dict, seed: int, batch_groups: int) -> dict:
+def run_official(official: types.SimpleNamespace, config: dict, seed: int, batch_groups: int) -> dict:
     """The official per-epoch procedure with its own functions on our data; val metrics of view 1's head."""
     model_args = config["model"]["init_args"]
     inner = config["data"]["init_args"]["datamodule"]["init_args"]
     epochs = config["trainer"]["max_epochs"]
     logger = logging.getLogger("picie-official")
     logger.setLevel(logging.WARNING)
+    commons = official.commons
     with tempfile.TemporaryDirectory() as label_dir, official_on_cpu():
         args = argparse.Namespace(
             seed=2021 + seed, in_dim=model_args.get("feature_dim", 128), K_train=model_args["num_clusters"],
@@ -207,7 +217,7 @@ def run_official(commons: types.ModuleType, config: dict, seed: int, batch_group
         train_loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=commons.collate_train)
         eval_loader = DataLoader(OfficialEval(datamodule), batch_size=batch_size, collate_fn=commons.collate_eval)
         for epoch in range(epochs):
-            datamodule.set_epoch(epoch)
+            dataset.set_epoch(epoch)
             dataset.mode = "compute"
             centroids1, _ = commons.run_mini_batch_kmeans(args, logger, cluster_loader, model, view=1)
             centroids2, _ = commons.run_mini_batch_kmeans(args, logger, cluster_loader, model, view=2)
@@ -220,7 +230,7 @@ def run_official(commons: types.ModuleType, config: dict, seed: int, batch_group
             commons.freeze_all(classifier1)
             commons.freeze_all(classifier2)
             dataset.mode = "train"
-            commons.train(args, logger, train_loader, model, classifier1, classifier2, criterion1, criterion2,
+            official.train_picie.train(args, logger, train_loader, model, classifier1, classifier2, criterion1, criterion2,
                           optimizer, epoch)
         own_accuracy, own_result = commons.evaluate(args, logger, eval_loader, classifier1, model)
         model.eval()
@@ -244,7 +254,7 @@ def run_ours(config: dict, seed: int, switches: dict, workdir: Path) -> dict:
         for callback in variant["trainer"]["callbacks"]:
             if callback["class_path"].endswith("KMeansRefresh"):
                 callback.setdefault("init_args", {})["metric"] = "euclidean"
-    path = workdir / f"variant_{abs(hash(json.dumps(switches, sort_keys=True)))}.yaml"
+    path = workdir / ("variant_" + "_".join(f"{k}-{v}" for k, v in sorted(switches.items())) + ".yaml")
     path.write_text(yaml.safe_dump(variant))
     metrics, _ = train_picie(path, seed)
     return {"miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"]}
@@ -260,7 +270,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--epochs", type=int, default=None, help="override the config's max_epochs (both sides)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
     config = yaml.safe_load(args.config.read_text())
     if args.epochs is not None:
@@ -269,7 +279,7 @@ def main() -> None:
     if weights and not Path(weights).is_file():
         raise SystemExit(f"{weights} does not exist: run `pixcontrast fit --config "
                          "examples/configs/synthetic_pretrain.yaml` first")
-    commons = import_official(args.official)
+    official = import_official(args.official)
     # the official k-means initialises on its first batches; use as many as our KMeansRefresh clusters
     refresh = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("KMeansRefresh"))
     batch_groups = refresh.get("init_args", {}).get("max_batches") or 4
@@ -281,7 +291,7 @@ def main() -> None:
             for name in runs:  # interleaved: every variant once per seed
                 start = time.perf_counter()
                 if name == "official":
-                    result = run_official(commons, config, seed, batch_groups)
+                    result = run_official(official, config, seed, batch_groups)
                 else:
                     result = run_ours(config, seed, VARIANTS[name], Path(workdir))
                 seconds[name].append(time.perf_counter() - start)
