@@ -137,7 +137,6 @@ def train_picie(config_path: Path, seed: int, extra_args: list[str] = ()) -> tup
                 f"--seed_everything={seed}",
                 f"--trainer.default_root_dir={root}",
                 "--trainer.logger=false",
-                "--trainer.enable_checkpointing=false",
                 "--trainer.enable_progress_bar=false",
                 *extra_args,
             ]
