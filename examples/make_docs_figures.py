@@ -1,6 +1,8 @@
 """Train the synthetic demos with SegmentationVisualizer switched on and copy the last pictures into docs/.
 
+    pixcontrast fit --config examples/configs/synthetic_pretrain.yaml   # once: the PiCIE demo's encoder
     python examples/make_docs_figures.py                      # the contrastive and PiCIE demos
+    python examples/make_docs_figures.py --demo picie=examples/configs/synthetic_picie.yaml   # PiCIE only
     python examples/make_docs_figures.py --max-epochs 1 \\
         --demo baseline=examples/configs/synthetic_baseline.yaml -- --data.num_train=64
 

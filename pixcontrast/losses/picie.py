@@ -1,8 +1,10 @@
 """PiCIE's cluster losses: cross-entropy against frozen centroids, within and across two views.
 
-Features are L2-normalised per pixel and the classifiers are the epoch's k-means centroids, normalised as
-well, so labelling (nearest centroid) and the logits use the same cosine similarity: the pseudo-label of a
-pixel is the arg-max of its own logits. The logits are the cosine similarities divided by ``temperature``.
+Features are L2-normalised per pixel and the classifiers are the epoch's k-means centroids. With
+``logits="cosine"`` (default) the centroids are normalised as well, labelling (nearest centroid) and the logits
+use the same cosine similarity, and the logits are divided by ``temperature``. ``logits="dot"`` is the official
+code's choice: dot products with the raw centroids, labels by Euclidean distance. Cross-entropy weights are
+inverse cluster frequencies (``"balanced"``), the frequencies themselves (``"official"``) or none.
 :func:`warp_features` applies the geometric transform that links the two views to a feature map (the ``G`` in
 the equivariance term ``G(f(x))``).
 """
@@ -58,63 +60,94 @@ def _check_pair(features: Tensor, centroids: Tensor) -> None:
         )
 
 
-def cluster_scores(features: Tensor, centroids: Tensor) -> Tensor:
-    """Cosine similarity of every pixel to every centroid.
+LOGITS = ("cosine", "dot")
+CLASS_WEIGHTS = ("balanced", "official", "none")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise a ``ValueError`` naming ``choices`` unless ``value`` is one of them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def cluster_scores(features: Tensor, centroids: Tensor, logits: str = "cosine") -> Tensor:
+    """Similarity of every pixel to every centroid: cosine, or the plain dot product with the raw centroids.
 
     Args:
         features: ``B x D x h x w``, L2-normalised along ``D``.
-        centroids: ``K x D`` (normalised here).
+        centroids: ``K x D`` (normalised here for ``"cosine"``, used as they are for ``"dot"``).
+        logits: ``"cosine"`` or ``"dot"`` (the official code's frozen 1x1 convolution with the centroids).
 
     Returns:
-        ``B x K x h x w`` float32 similarities.
+        ``B x K x h x w`` float32 scores.
     """
     _check_pair(features, centroids)
-    directions = F.normalize(centroids.float(), dim=1)
+    check_choice("logits", logits, LOGITS)
+    directions = F.normalize(centroids.float(), dim=1) if logits == "cosine" else centroids.float()
     return torch.einsum("bdhw,kd->bkhw", features.float(), directions)
 
 
-def assign_clusters(features: Tensor, centroids: Tensor) -> Tensor:
-    """Pseudo-labels: index of the nearest centroid (cosine) of every pixel, ``B x h x w`` int64."""
+def assign_clusters(features: Tensor, centroids: Tensor, logits: str = "cosine") -> Tensor:
+    """Pseudo-labels, ``B x h x w`` int64: the nearest centroid of every pixel.
+
+    Nearest by cosine for ``logits="cosine"``; by Euclidean distance to the raw centroids for ``"dot"`` (the
+    official labelling, ``argmax 2 z.mu - |mu|^2``).
+    """
     with torch.no_grad():
-        return cluster_scores(features, centroids).argmax(dim=1)
+        scores = cluster_scores(features, centroids, logits)
+        if logits == "dot":
+            scores = 2 * scores - centroids.float().square().sum(dim=1).view(1, -1, 1, 1)
+        return scores.argmax(dim=1)
 
 
-def balanced_cluster_weights(labels: Tensor, num_clusters: int) -> Tensor:
-    """Cross-entropy weights inverse to the clusters' pixel counts in ``labels`` (0 for absent clusters).
+def cluster_weights(labels: Tensor, num_clusters: int, class_weights: str = "balanced") -> Tensor | None:
+    """Cross-entropy weights of the clusters from their pixel counts in ``labels``, on the device (no host sync).
 
-    With these weights a mean-reduced cross-entropy is the mean over the present clusters of each cluster's
-    mean pixel loss, so small clusters count as much as large ones. Computed on the device, no host sync.
+    ``"balanced"``: inverse counts (0 for absent clusters), so a mean-reduced cross-entropy is the mean over the
+    present clusters of each cluster's mean pixel loss and small clusters count as much as large ones.
+    ``"official"``: the clusters' frequencies (counts / total), the weights of the official code, which make
+    large clusters count more. ``"none"``: None (every pixel counts the same).
 
     Args:
         labels: int64 cluster ids of any shape, values in ``[0, num_clusters)``.
 
     Returns:
-        ``num_clusters`` float32 weights.
+        ``num_clusters`` float32 weights, or None.
     """
+    check_choice("class_weights", class_weights, CLASS_WEIGHTS)
+    if class_weights == "none":
+        return None
     flat = labels.reshape(-1)
     counts = torch.zeros(num_clusters, dtype=torch.float32, device=labels.device)
     counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+    if class_weights == "official":
+        return counts / counts.sum().clamp_min(1.0)
     return torch.where(counts > 0, counts.reciprocal(), torch.zeros_like(counts))
 
 
 def cluster_cross_entropy(
-    features: Tensor, centroids: Tensor, labels: Tensor, temperature: float = 1.0, balanced: bool = True
+    features: Tensor,
+    centroids: Tensor,
+    labels: Tensor,
+    temperature: float = 1.0,
+    class_weights: str = "balanced",
+    logits: str = "cosine",
 ) -> Tensor:
-    """Cross-entropy of the cosine logits ``features . centroids / temperature`` against ``labels``.
+    """Cross-entropy of the logits ``score(features, centroids) / temperature`` against ``labels``.
 
     Args:
         features: ``B x D x h x w`` L2-normalised.
         centroids: ``K x D``.
         labels: ``B x h x w`` int64 in ``[0, K)``.
-        temperature: divides the cosine similarities.
-        balanced: weight pixels by the inverse frequency of their label in ``labels``.
+        temperature: divides the scores.
+        class_weights: ``"balanced"``, ``"official"`` or ``"none"`` (see :func:`cluster_weights`).
+        logits: ``"cosine"`` or ``"dot"`` (see :func:`cluster_scores`).
 
     Returns:
         scalar loss.
     """
-    logits = cluster_scores(features, centroids) / temperature
-    weight = balanced_cluster_weights(labels, centroids.shape[0]) if balanced else None
-    return F.cross_entropy(logits, labels, weight=weight)
+    scores = cluster_scores(features, centroids, logits) / temperature
+    return F.cross_entropy(scores, labels, weight=cluster_weights(labels, centroids.shape[0], class_weights))
 
 
 class PiCIELossOutput(NamedTuple):
@@ -133,20 +166,24 @@ def picie_loss(
     centroids1: Tensor,
     centroids2: Tensor,
     temperature: float = 1.0,
-    balanced: bool = True,
+    class_weights: str = "balanced",
+    logits: str = "cosine",
+    labels: tuple[Tensor, Tensor] | None = None,
 ) -> PiCIELossOutput:
     """PiCIE's loss on two pixel-aligned views.
 
-    Pseudo-labels ``y1``/``y2`` are the nearest centroids of each view's own (detached) features. The loss is
-    the mean of four cross-entropies: within-view ``CE(z1.mu1, y1)``, ``CE(z2.mu2, y2)`` and across-view
-    ``CE(z1.mu2, y2)``, ``CE(z2.mu1, y1)``.
+    Pseudo-labels ``y1``/``y2`` are given (``labels``, e.g. from a frozen copy of the network) or are the
+    nearest centroids of each view's own (detached) features. The loss is the mean of four cross-entropies:
+    within-view ``CE(z1.mu1, y1)``, ``CE(z2.mu2, y2)`` and across-view ``CE(z1.mu2, y2)``, ``CE(z2.mu1, y1)``.
 
     Args:
         features1: ``B x D x h x w`` features of view 1 (L2-normalised).
         features2: ``B x D x h x w`` features of view 2, already warped onto view 1's pixel grid.
         centroids1: ``K x D`` centroids of view 1; ``centroids2``: ``K x D`` centroids of view 2.
-        temperature: divides the cosine logits.
-        balanced: inverse-frequency weights per cross-entropy (see :func:`balanced_cluster_weights`).
+        temperature: divides the logits.
+        class_weights: per cross-entropy, see :func:`cluster_weights`.
+        logits: ``"cosine"`` or ``"dot"``, see :func:`cluster_scores`.
+        labels: ``(y1, y2)``, both ``B x h x w`` int64; None labels from the features themselves.
 
     Returns:
         :class:`PiCIELossOutput`; ``within_view`` and ``across_view`` are the means of their two terms and
@@ -162,36 +199,49 @@ def picie_loss(
             f"the two views need centroid sets of the same shape, got {tuple(centroids1.shape)} and "
             f"{tuple(centroids2.shape)}"
         )
-    labels1 = assign_clusters(features1.detach(), centroids1)
-    labels2 = assign_clusters(features2.detach(), centroids2)
-    within = 0.5 * (
-        cluster_cross_entropy(features1, centroids1, labels1, temperature, balanced)
-        + cluster_cross_entropy(features2, centroids2, labels2, temperature, balanced)
-    )
-    across = 0.5 * (
-        cluster_cross_entropy(features1, centroids2, labels2, temperature, balanced)
-        + cluster_cross_entropy(features2, centroids1, labels1, temperature, balanced)
-    )
+    if labels is None:
+        labels = (assign_clusters(features1.detach(), centroids1, logits),
+                  assign_clusters(features2.detach(), centroids2, logits))
+    labels1, labels2 = labels
+    expected = (features1.shape[0], *features1.shape[-2:])
+    if tuple(labels1.shape) != expected or tuple(labels2.shape) != expected:
+        raise ValueError(f"labels must be B x h x w = {expected}, got {tuple(labels1.shape)} and {tuple(labels2.shape)}")
+
+    def cross_entropy(features: Tensor, centroids: Tensor, target: Tensor) -> Tensor:
+        return cluster_cross_entropy(features, centroids, target, temperature, class_weights, logits)
+
+    within = 0.5 * (cross_entropy(features1, centroids1, labels1) + cross_entropy(features2, centroids2, labels2))
+    across = 0.5 * (cross_entropy(features1, centroids2, labels2) + cross_entropy(features2, centroids1, labels1))
     return PiCIELossOutput(0.5 * (within + across), within, across, labels1, labels2)
 
 
 class PiCIELoss(nn.Module):
-    """Module form of :func:`picie_loss` with fixed ``temperature`` and ``balanced``.
+    """Module form of :func:`picie_loss` with fixed ``temperature``, ``class_weights`` and ``logits``.
 
-    ``forward(features1, features2, centroids1, centroids2) -> PiCIELossOutput``.
+    ``forward(features1, features2, centroids1, centroids2, labels=None) -> PiCIELossOutput``.
     """
 
-    def __init__(self, temperature: float = 1.0, balanced: bool = True) -> None:
+    def __init__(self, temperature: float = 1.0, class_weights: str = "balanced", logits: str = "cosine") -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_choice("class_weights", class_weights, CLASS_WEIGHTS)
+        check_choice("logits", logits, LOGITS)
         self.temperature = temperature
-        self.balanced = balanced
+        self.class_weights = class_weights
+        self.logits = logits
 
     def forward(
-        self, features1: Tensor, features2: Tensor, centroids1: Tensor, centroids2: Tensor
+        self,
+        features1: Tensor,
+        features2: Tensor,
+        centroids1: Tensor,
+        centroids2: Tensor,
+        labels: tuple[Tensor, Tensor] | None = None,
     ) -> PiCIELossOutput:
-        return picie_loss(features1, features2, centroids1, centroids2, self.temperature, self.balanced)
+        return picie_loss(
+            features1, features2, centroids1, centroids2, self.temperature, self.class_weights, self.logits, labels
+        )
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, balanced={self.balanced}"
+        return f"temperature={self.temperature}, class_weights={self.class_weights!r}, logits={self.logits!r}"

@@ -17,6 +17,8 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from pixcontrast.models.run_files import missing_checkpoint_hint
+
 
 def pretrained_weights_file(name: str) -> str:
     """Local path of timm's pretrained weights for ``name`` (``arch`` or ``arch.tag``): cached, else downloaded.
@@ -118,7 +120,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", map_location: An
     """``torch.load`` of tensors and plain containers only (``weights_only=True``), with clear errors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist or is not a file")
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist or is not a file{missing_checkpoint_hint(path)}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -132,8 +134,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load the tensors of checkpoint ``path`` into ``model``.
 
     Checkpoint keys may carry any wrapper prefix (``module.``, ``model.``, ``backbone.``, a Segmenter's
-    ``network.encoder.model.``, ...): the prefix that matches the most of the model's keys is used. Keys the
-    model lacks (a classifier, other heads) are ignored; every model tensor must be present with its shape.
+    ``network.encoder.model.``, ...): the prefix that matches the most of the model's keys is used, so the
+    ``last.ckpt`` of a pixcontrast module gives its encoder. Keys the model lacks (a classifier, other heads)
+    are ignored; every model tensor must be present with its shape (a strict load of the encoder).
     """
     state = read_state_dict(path)
     expected = model.state_dict()
@@ -143,7 +146,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if missing:
         raise RuntimeError(
             f"weights_path {str(path)!r} does not fit the encoder: {len(missing)} of {len(expected)} tensors "
-            f"missing (e.g. {missing[:3]}); it must hold the timm model's state dict"
+            f"missing (e.g. {missing[:3]}); it must hold this encoder's weights: the timm model's state dict, or "
+            "a checkpoint of a pixcontrast module (SegmentationModule, ContrastiveSegmenter, PiCIE) built with "
+            "the same encoder"
         )
     wrong = [key for key, value in mapped.items() if value.shape != expected[key].shape]
     if wrong:
@@ -165,4 +170,6 @@ def _best_prefix(state: Mapping[str, Tensor], expected: Mapping[str, Tensor]) ->
         for key in state
         if key == anchor or key.endswith("." + anchor)
     }
-    return max(sorted(candidates), key=lambda p: sum(p + key in state for key in expected), default="")
+    # ties (e.g. PiCIE's trained network and its frozen labelling copy) go to the shortest prefix
+    ordered = sorted(candidates, key=lambda p: (len(p), p))
+    return max(ordered, key=lambda p: sum(p + key in state for key in expected), default="")

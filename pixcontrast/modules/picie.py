@@ -2,8 +2,10 @@
 
 Each epoch, :class:`~pixcontrast.callbacks.KMeansRefresh` clusters the pixel features of each view through the
 hooks :meth:`PiCIE.cluster_features`, :meth:`PiCIE.cluster_counts` and :meth:`PiCIE.set_centroids`; the
-centroids are frozen classifiers for the epoch. Pseudo-labels are the nearest centroids (cosine) of the
-features of the very forward pass that is trained, so no label files are written. Training data comes from
+centroids are frozen classifiers for the epoch. Pseudo-labels are the nearest centroids of the features of the
+very forward pass that is trained (``label_source="live"``), or of a frozen copy of the network taken when the
+centroids are set (``"epoch"``: the labels the official code fixes per epoch, recomputed per batch instead of
+written to files). No label is ever written to disk. Training data comes from
 :class:`~pixcontrast.data.picie_views.PiCIEDataModule` (two views and the geometric transform linking them).
 """
 
@@ -12,18 +14,30 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import copy
+from typing import Literal
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from pixcontrast.losses.picie import cluster_scores, picie_loss, warp_features
+from pixcontrast.losses.picie import (
+    CLASS_WEIGHTS,
+    LOGITS,
+    assign_clusters,
+    check_choice,
+    cluster_scores,
+    picie_loss,
+    warp_features,
+)
 from pixcontrast.metrics import HungarianMatchedSegmentation
 from pixcontrast.models.fpn import PiCIENetwork
 from pixcontrast.modules.evaluation import StageEvaluation
 
 TRAIN_KEYS = ("image1", "image2", "geometry")
+LABEL_SOURCES = ("live", "epoch")
 
 
 class PiCIE(StageEvaluation, L.LightningModule):
@@ -36,9 +50,17 @@ class PiCIE(StageEvaluation, L.LightningModule):
         over_clusters: K of the optional over-clustering head (PiCIE+H), trained jointly; ``None`` = off.
         encoder, feature_dim, pretrained, weights_path: see :class:`~pixcontrast.models.fpn.PiCIENetwork`.
         lr, weight_decay: Adam (paper: lr 1e-4 on COCO-Stuff, 1e-3 on Cityscapes, no decay, no schedule).
-        temperature: the logits are ``cos(z, mu) / temperature``.
-        balanced: weight each cross-entropy by inverse cluster frequency in the batch (default). With
-            ``False`` every pixel counts the same, so large clusters dominate.
+        temperature: divides the logits.
+        class_weights: cross-entropy weights per cluster from its pixel count in the batch: ``"balanced"``
+            (inverse frequency, default: small clusters count as much as large ones), ``"official"`` (the
+            frequency itself, as the official code weighs by the epoch's label counts: large clusters count
+            more) or ``"none"``.
+        logits: ``"cosine"`` (default: ``cos(z, mu) / temperature``, centroids normalised, labels by cosine)
+            or ``"dot"`` (the official code: ``z . mu / temperature`` with the raw centroids, labels by
+            Euclidean distance; pair it with ``KMeansRefresh(metric="euclidean")`` and ``temperature=1``).
+        label_source: ``"live"`` (default: labels from the features being trained, detached) or ``"epoch"``
+            (labels from a frozen copy of the network taken when the centroids are set, in eval mode: fixed for
+            the epoch as in the official code; one extra forward pass per step, no files).
         ignore_index: unlabelled pixels in evaluation masks.
         class_names: names of the evaluation classes, for the per-class IoU logs.
 
@@ -61,7 +83,9 @@ class PiCIE(StageEvaluation, L.LightningModule):
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         temperature: float = 1.0,
-        balanced: bool = True,
+        class_weights: Literal["balanced", "official", "none"] = "balanced",
+        logits: Literal["cosine", "dot"] = "cosine",
+        label_source: Literal["live", "epoch"] = "live",
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
     ) -> None:
@@ -76,11 +100,16 @@ class PiCIE(StageEvaluation, L.LightningModule):
             )
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_choice("class_weights", class_weights, CLASS_WEIGHTS)
+        check_choice("logits", logits, LOGITS)
+        check_choice("label_source", label_source, LABEL_SOURCES)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
         self.save_hyperparameters()
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.network = PiCIENetwork(encoder, feature_dim, pretrained=pretrained, weights_path=weights_path)
+        # The frozen copy that labels the epoch (label_source="epoch"); saved in checkpoints for exact resumes.
+        self.label_network = copy.deepcopy(self.network).requires_grad_(False).eval() if label_source == "epoch" else None
         for key, count in self.cluster_counts().items():
             self.register_buffer(f"centroids_{key}", torch.zeros(count, feature_dim))
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
@@ -109,11 +138,11 @@ class PiCIE(StageEvaluation, L.LightningModule):
         """Unit-norm pixel features: ``B x 3 x H x W -> B x feature_dim x H / r x W / r``."""
         return self.network(images)
 
-    def view_features(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def view_features(self, batch: Mapping[str, Tensor], network: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         """Features of both views, aligned pixel to pixel: ``z1 = f(G(P1 x))`` and ``z2 = G(f(P2 x))``.
 
-        Both views go through the network as one batch (the same batch-norm statistics in clustering and in
-        training). Returns two ``B x D x h x w`` maps.
+        Both views go through ``network`` (default: the trained one) as one batch (the same batch-norm
+        statistics in clustering and in training). Returns two ``B x D x h x w`` maps.
         """
         missing = [key for key in TRAIN_KEYS if key not in batch]
         if missing:
@@ -122,7 +151,7 @@ class PiCIE(StageEvaluation, L.LightningModule):
                 "pixcontrast.data.PiCIEDataModule"
             )
         image1, image2 = batch["image1"].to(self.device), batch["image2"].to(self.device)
-        features1, features2 = self(torch.cat([image1, image2])).chunk(2)
+        features1, features2 = (network or self.network)(torch.cat([image1, image2])).chunk(2)
         return features1, warp_features(features2, batch["geometry"], output_size=features1.shape[-2:])
 
     def centroids(self, key: str) -> Tensor:
@@ -148,7 +177,10 @@ class PiCIE(StageEvaluation, L.LightningModule):
 
     @torch.no_grad()
     def set_centroids(self, centroids: Mapping[str, Tensor]) -> None:
-        """Store the fitted centroids (``K x D`` per feature set), normalised."""
+        """Store the fitted centroids (``K x D`` per feature set; normalised for cosine logits, raw for dot).
+
+        With ``label_source="epoch"`` the frozen labelling copy of the network is refreshed here too.
+        """
         expected = self.cluster_counts()
         if set(centroids) != set(expected):
             raise ValueError(f"set_centroids expects the keys {sorted(expected)}, got {sorted(centroids)}")
@@ -156,7 +188,10 @@ class PiCIE(StageEvaluation, L.LightningModule):
             buffer = self.centroids(key)
             if value.shape != buffer.shape:
                 raise ValueError(f"centroids {key!r} must be {tuple(buffer.shape)}, got {tuple(value.shape)}")
-            buffer.copy_(F.normalize(value.to(buffer), dim=1))
+            value = value.to(buffer)
+            buffer.copy_(F.normalize(value, dim=1) if self.hparams.logits == "cosine" else value)
+        if self.label_network is not None:
+            self.label_network.load_state_dict(self.network.state_dict())
         self.clustered.fill_(True)
         self._has_centroids = True
 
@@ -184,6 +219,13 @@ class PiCIE(StageEvaluation, L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.select_views()
 
+    def train(self, mode: bool = True) -> PiCIE:
+        """Set the training mode; the frozen labelling copy (``label_source="epoch"``) always stays in eval mode."""
+        super().train(mode)
+        if self.label_network is not None:
+            self.label_network.eval()
+        return self
+
     # ------------------------------------------------------------------------------------------ training
     def compute_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Loss terms of one two-view batch; ``loss`` is the total (main + over-clustering head)."""
@@ -193,30 +235,40 @@ class PiCIE(StageEvaluation, L.LightningModule):
                 "(it clusters the features at the start of every epoch)"
             )
         features1, features2 = self.view_features(batch)
-        main = picie_loss(
-            features1,
-            features2,
-            self.centroids("view1"),
-            self.centroids("view2"),
-            self.hparams.temperature,
-            self.hparams.balanced,
-        )
+        frozen = None
+        if self.label_network is not None:
+            with torch.no_grad():
+                frozen = self.view_features(batch, self.label_network)
+        heads = ["main"] + (["over"] if self.hparams.over_clusters is not None else [])
+        outputs = {}
+        for head in heads:
+            suffix = "" if head == "main" else "_over"
+            centroids1, centroids2 = self.centroids(f"view1{suffix}"), self.centroids(f"view2{suffix}")
+            labels = None
+            if frozen is not None:
+                labels = (
+                    assign_clusters(frozen[0], centroids1, self.hparams.logits),
+                    assign_clusters(frozen[1], centroids2, self.hparams.logits),
+                )
+            outputs[head] = picie_loss(
+                features1,
+                features2,
+                centroids1,
+                centroids2,
+                self.hparams.temperature,
+                self.hparams.class_weights,
+                self.hparams.logits,
+                labels,
+            )
+        main = outputs["main"]
         losses = {
             "loss": main.loss,
             "within_view": main.within_view,
             "across_view": main.across_view,
             "clusters_used": _clusters_used(main.labels1, self.hparams.num_clusters),
         }
-        if self.hparams.over_clusters is not None:
-            over = picie_loss(
-                features1,
-                features2,
-                self.centroids("view1_over"),
-                self.centroids("view2_over"),
-                self.hparams.temperature,
-                self.hparams.balanced,
-            )
-            losses.update(over_loss=over.loss, loss=main.loss + over.loss)
+        if "over" in outputs:
+            losses.update(over_loss=outputs["over"].loss, loss=main.loss + outputs["over"].loss)
         return losses
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
@@ -237,12 +289,13 @@ class PiCIE(StageEvaluation, L.LightningModule):
             )
 
     def cluster_logits(self, images: Tensor, key: str = "view1", features: Tensor | None = None) -> Tensor:
-        """Cosine scores of every pixel against the centroids ``key``, at input size: ``B x K x H x W``.
+        """Scores (cosine or dot, as ``logits``) of every pixel against the centroids ``key``, at input size:
+        ``B x K x H x W``.
 
         ``features`` (``B x D x h x w``) are the network's features of ``images`` when already computed.
         """
         features = self(images) if features is None else features
-        scores = cluster_scores(features, self.centroids(key))
+        scores = cluster_scores(features, self.centroids(key), self.hparams.logits)
         return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     def evaluation_step(self, batch: Mapping[str, Any], stage: str) -> None:

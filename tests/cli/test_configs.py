@@ -47,12 +47,24 @@ def dataset_root(data_class: str, tmp_path: Path, labelled: bool = True) -> Path
     return None
 
 
+def encoder_checkpoint(config: dict, tmp_path: Path) -> Path:
+    """A stand-in for the checkpoint a config starts from (``weights_path``): a module with the config's encoder."""
+    from pixcontrast.modules import SegmentationModule
+
+    encoder = config["model"]["init_args"].get("encoder", "resnet18")
+    path = tmp_path / "pretrained.ckpt"
+    torch.save({"state_dict": SegmentationModule(num_classes=2, encoder=encoder).state_dict()}, path)
+    return path
+
+
 def overrides(config: dict, tmp_path: Path) -> list[str]:
     data = config["data"]
     inner = data["init_args"].get("datamodule")
     args = [f"--trainer.default_root_dir={tmp_path}", *CPU]
     if config["model"]["init_args"].get("pretrained"):
         args.append("--model.init_args.pretrained=false")
+    if config["model"]["init_args"].get("weights_path"):  # written by another config (synthetic_pretrain.yaml)
+        args.append(f"--model.init_args.weights_path={encoder_checkpoint(config, tmp_path)}")
     if inner is not None:  # PiCIE wraps the datamodule of the images
         prefix = "--data.init_args.datamodule.init_args"
         root = dataset_root(inner["class_path"], tmp_path, labelled=False)
@@ -101,3 +113,22 @@ def test_synthetic_contrast_trains_a_vit_named_on_the_command_line(tmp_path):
     assert isinstance(cli.model.model.encoder, ViTEncoder)
     assert cli.trainer.global_step == 1
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_pretraining_hands_its_encoder_to_the_picie_demo(tmp_path):
+    """synthetic_pretrain.yaml writes last.ckpt; synthetic_picie.yaml builds PiCIE's encoder from it."""
+    pretrain = yaml.safe_load((CONFIGS[0].parent / "synthetic_pretrain.yaml").read_text())
+    run_lightning(["fit", "--config", str(CONFIGS[0].parent / "synthetic_pretrain.yaml"),
+                   f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+                   "--trainer.limit_val_batches=1", "--trainer.logger=false", *CPU[1:],
+                   "--data.init_args.batch_size=2", "--data.init_args.num_train=2", "--data.init_args.num_val=2"])
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    picie = yaml.safe_load((CONFIGS[0].parent / "synthetic_picie.yaml").read_text())
+    assert picie["model"]["init_args"]["encoder"] == pretrain["model"]["init_args"]["encoder"]
+    cli = run_lightning(["fit", "--config", str(CONFIGS[0].parent / "synthetic_picie.yaml"),
+                         f"--model.init_args.weights_path={checkpoint}", "--trainer.max_steps=0",
+                         f"--trainer.default_root_dir={tmp_path / 'picie'}", "--trainer.logger=false", *CPU[1:]])
+    encoder = cli.model.network.encoder.model.state_dict()
+    prefix = "model.network.encoder.model."
+    assert all(torch.equal(value, state[prefix + key]) for key, value in encoder.items())

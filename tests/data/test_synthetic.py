@@ -6,12 +6,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from pixcontrast.data.base import IGNORE_INDEX
-from pixcontrast.data.synthetic import (
-    SyntheticScenesDataModule,
-    SyntheticScenesDataset,
-    generate_scene,
-    scene_classes,
-)
+from pixcontrast.data.scenes import generate_scene, scene_classes
+from pixcontrast.data.synthetic import SyntheticScenesDataModule, SyntheticScenesDataset
 
 SIZE = 64
 
@@ -108,6 +104,22 @@ def test_generation_is_fast():
     assert 20 / cpu_seconds > 15, f"{20 / cpu_seconds:.1f} images per CPU second (about 200 when vectorised)"
 
 
+def test_class_family_1_is_another_task_from_the_same_vocabulary():
+    base, other = scene_classes(8), scene_classes(8, class_family=1)
+    assert scene_classes(8, 0).names == base.names  # family 0 is the default label set
+    assert not set(base.names) & set(other.names)
+    assert set(zip(base.kind, base.freq.round(3), base.angle.round(3))).isdisjoint(
+        zip(other.kind, other.freq.round(3), other.angle.round(3))
+    )  # no texture (kind, frequency, orientation) of family 0 in family 1
+    assert set(other.kind.tolist()) <= set(range(6)) and other.is_thing.sum() == base.is_thing.sum()
+    assert not np.allclose(base.hue, other.hue)
+    module = SyntheticScenesDataModule(num_classes=8, image_size=SIZE, class_family=1, num_train=2)
+    dataset = module.build_dataset("train")
+    assert module.class_names == dataset.class_names == other.names
+    sample = dataset.load_sample(0)
+    assert sample.image.shape == (SIZE, SIZE, 3) and set(np.unique(sample.mask)) <= set(range(8)) | {IGNORE_INDEX}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -119,6 +131,7 @@ def test_generation_is_fast():
         ({"num_val": -1}, "num_val"),
         ({"seed": -3}, "seed"),
         ({"batch_size": 0}, "batch_size"),
+        ({"class_family": 2}, "class_family"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, message):

@@ -5,9 +5,9 @@ import torch.nn.functional as F
 from pixcontrast.losses.picie import (
     PiCIELoss,
     assign_clusters,
-    balanced_cluster_weights,
     cluster_cross_entropy,
     cluster_scores,
+    cluster_weights,
     picie_loss,
 )
 
@@ -33,9 +33,35 @@ def test_scores_are_cosine_and_labels_are_their_argmax_and_nearest_centroid():
     assert torch.equal(labels.reshape(-1), nearest)
 
 
-def test_balanced_weights_are_inverse_counts_and_zero_for_absent_clusters():
+def test_class_weights_balanced_are_inverse_counts_official_are_frequencies():
     labels = torch.tensor([[0, 0, 0, 2], [2, 0, 3, 3]])
-    assert balanced_cluster_weights(labels, 5).tolist() == pytest.approx([1 / 4, 0.0, 1 / 2, 1 / 2, 0.0])
+    assert cluster_weights(labels, 5).tolist() == pytest.approx([1 / 4, 0.0, 1 / 2, 1 / 2, 0.0])
+    assert cluster_weights(labels, 5, "official").tolist() == pytest.approx([4 / 8, 0.0, 2 / 8, 2 / 8, 0.0])
+    assert cluster_weights(labels, 5, "none") is None
+    with pytest.raises(ValueError, match="class_weights must be one of"):
+        cluster_weights(labels, 5, "inverse")
+
+
+def test_official_weights_make_large_clusters_count_more():
+    features, centroids = _features(12), _centroids(13)
+    labels = torch.zeros(2, 5, 6, dtype=torch.int64)
+    labels[0, 0, :2] = 1  # cluster 0: 58 pixels, cluster 1: 2 pixels
+    per_pixel = F.cross_entropy(cluster_scores(features, centroids), labels, reduction="none")
+    means = torch.stack([per_pixel[labels == k].mean() for k in (0, 1)])
+    expected = (58 * 58 * means[0] + 2 * 2 * means[1]) / (58 * 58 + 2 * 2)
+    loss = cluster_cross_entropy(features, centroids, labels, class_weights="official")
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_dot_logits_use_the_raw_centroids_and_label_by_euclidean_distance():
+    features, centroids = _features(14), _centroids(15) * 0.2
+    pixels = features.permute(0, 2, 3, 1).reshape(-1, 8)
+    scores = cluster_scores(features, centroids, logits="dot")
+    assert torch.allclose(scores.permute(0, 2, 3, 1).reshape(-1, 4), pixels @ centroids.T, atol=1e-5)
+    labels = assign_clusters(features, centroids, logits="dot")
+    assert torch.equal(labels.reshape(-1), torch.cdist(pixels, centroids).argmin(dim=1))
+    with pytest.raises(ValueError, match="logits must be one of"):
+        cluster_scores(features, centroids, logits="l2")
 
 
 def test_balanced_cross_entropy_is_the_mean_over_clusters_of_the_cluster_means():
@@ -44,9 +70,9 @@ def test_balanced_cross_entropy_is_the_mean_over_clusters_of_the_cluster_means()
     labels[labels == 3] = 1  # make one cluster absent
     per_pixel = F.cross_entropy(cluster_scores(features, centroids) / 0.5, labels, reduction="none")
     expected = torch.stack([per_pixel[labels == k].mean() for k in (0, 1, 2)]).mean()
-    loss = cluster_cross_entropy(features, centroids, labels, temperature=0.5, balanced=True)
+    loss = cluster_cross_entropy(features, centroids, labels, temperature=0.5, class_weights="balanced")
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    unbalanced = cluster_cross_entropy(features, centroids, labels, temperature=0.5, balanced=False)
+    unbalanced = cluster_cross_entropy(features, centroids, labels, temperature=0.5, class_weights="none")
     assert unbalanced.item() == pytest.approx(per_pixel.mean().item(), rel=1e-5)
 
 
@@ -75,6 +101,20 @@ def test_picie_loss_value_and_gradients_match_a_direct_implementation():
         assert torch.allclose(grad, expected_grad, atol=1e-6)
     assert output.loss.item() == pytest.approx(0.5 * (output.within_view + output.across_view).item())
     assert output.labels1.shape == (2, 5, 6) and output.labels1.dtype == torch.int64
+
+
+def test_given_labels_replace_the_features_own_labels():
+    z1, z2, mu = _features(16), _features(17), _centroids(18)
+    own = picie_loss(z1, z2, mu, mu, temperature=0.5)
+    given = (torch.zeros_like(own.labels1), torch.ones_like(own.labels2))
+    output = picie_loss(z1, z2, mu, mu, temperature=0.5, labels=given)
+    assert torch.equal(output.labels1, given[0]) and torch.equal(output.labels2, given[1])
+    expected = F.cross_entropy(cluster_scores(z1, mu) / 0.5, given[0])  # one cluster per view: plain means
+    within1 = cluster_cross_entropy(z1, mu, given[0], 0.5)
+    assert within1.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert output.loss.item() != pytest.approx(own.loss.item())
+    with pytest.raises(ValueError, match="labels must be"):
+        picie_loss(z1, z2, mu, mu, labels=(given[0][:, :2], given[1]))
 
 
 def test_centroids_get_no_gradient_and_training_the_features_lowers_the_loss():

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
+
 import pytest
 import timm
 import torch
+import yaml
 
 from pixcontrast.models import weights
 from pixcontrast.models.backbones import build_encoder
@@ -99,3 +104,61 @@ def test_model_without_pretrained_weights_is_rejected_before_any_download(monkey
     arch = next(name for name in timm.list_models() if not timm.list_pretrained(f"{name}.*"))
     with pytest.raises(ValueError, match=f"no pretrained weights for '{arch}'"):
         weights.pretrained_weights_file(arch)
+
+
+def _lightning_checkpoint(module, path):
+    """A checkpoint in Lightning's layout (what ``pixcontrast fit`` writes), without running a trainer."""
+    torch.save({"epoch": 3, "global_step": 48, "state_dict": module.state_dict(),
+                "hyper_parameters": dict(module.hparams), "optimizer_states": [], "callbacks": {}}, path)
+    return path
+
+
+@pytest.mark.parametrize("module_class", ["SegmentationModule", "ContrastiveSegmenter", "PiCIE"])
+def test_lightning_checkpoint_of_a_module_gives_its_encoder(tmp_path, module_class):
+    from pixcontrast import modules
+
+    torch.manual_seed(3)
+    kwargs = {"num_clusters": 4, "feature_dim": 8, "label_source": "epoch"} if module_class == "PiCIE" else {}
+    source = getattr(modules, module_class)(num_classes=3, encoder=TINY, **kwargs)
+    if module_class == "PiCIE":  # the trained network, not its frozen labelling copy, must be picked
+        torch.nn.init.zeros_(next(source.label_network.encoder.model.parameters()))
+    path = _lightning_checkpoint(source, tmp_path / "last.ckpt")
+    state = torch.load(path, weights_only=True)["state_dict"]
+    prefix = "network.encoder.model." if module_class == "PiCIE" else "model.network.encoder.model."
+    torch.manual_seed(4)
+    picie = modules.PiCIE(num_classes=5, num_clusters=5, encoder=TINY, feature_dim=8, weights_path=str(path))
+    loaded = picie.network.encoder.model.state_dict()
+    assert loaded and all(torch.equal(value, state[prefix + key]) for key, value in loaded.items())
+
+
+def test_checkpoint_of_another_encoder_is_a_clear_error(tmp_path):
+    from pixcontrast.modules import PiCIE, SegmentationModule
+
+    path = _lightning_checkpoint(SegmentationModule(num_classes=3, encoder="test_efficientnet"), tmp_path / "o.ckpt")
+    with pytest.raises(RuntimeError, match="does not fit the encoder.*same encoder"):
+        PiCIE(num_classes=3, encoder=TINY, weights_path=str(path))
+    no_weights = tmp_path / "empty.ckpt"
+    torch.save({"epoch": 0, "state_dict": {"centroids_view1": torch.zeros(4, 8)}}, no_weights)
+    with pytest.raises(RuntimeError, match="does not fit the encoder"):
+        PiCIE(num_classes=3, encoder=TINY, weights_path=str(no_weights))
+
+
+def test_missing_run_checkpoint_names_the_command_that_writes_it(tmp_path, monkeypatch):
+    from pixcontrast.models.run_files import find_writing_config
+
+    repo = Path(__file__).resolve().parents[2]
+    configs = tmp_path / "examples" / "configs"
+    configs.mkdir(parents=True)
+    shutil.copy(repo / "examples" / "configs" / "synthetic_pretrain.yaml", configs)
+    monkeypatch.chdir(tmp_path)
+    expected = "pixcontrast fit --config examples/configs/synthetic_pretrain.yaml"
+    with pytest.raises(FileNotFoundError, match=re.escape(expected)):
+        build_encoder(TINY, weights_path="runs/synthetic_pretrain/checkpoints/last.ckpt")
+    with pytest.raises(FileNotFoundError, match="default_root_dir=runs/elsewhere"):
+        build_encoder(TINY, weights_path="runs/elsewhere/checkpoints/last.ckpt")
+    with pytest.raises(FileNotFoundError, match=r"'weights.pth' does not exist or is not a file$"):
+        build_encoder(TINY, weights_path="weights.pth")
+    # the demo's PiCIE config starts from the checkpoint the pretraining config writes
+    picie = yaml.safe_load((repo / "examples" / "configs" / "synthetic_picie.yaml").read_text())
+    weights = picie["model"]["init_args"]["weights_path"]
+    assert find_writing_config(weights, cwd=repo) == Path("examples/configs/synthetic_pretrain.yaml")

@@ -81,6 +81,59 @@ def test_training_needs_centroids_and_trains_the_network_only():
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 1e-4
 
 
+def test_epoch_labels_come_from_a_frozen_copy_taken_with_the_centroids():
+    model = _model(label_source="epoch")
+    batch = _batch()
+    _fit_centroids(model, batch)
+    frozen = model.label_network
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(frozen.state_dict().values(), model.network.state_dict().values()))
+    optimizer = torch.optim.SGD(model.network.parameters(), lr=1.0)
+    for _ in range(2):  # the trained network moves away from the copy ...
+        optimizer.zero_grad()
+        model.compute_losses(batch)["loss"].backward()
+        optimizer.step()
+    model.train()
+    assert not frozen.training  # ... which stays frozen and in eval mode
+    with torch.no_grad():
+        expected = [F.normalize(f, dim=1) for f in model.view_features(batch, frozen)]
+        labels = [model.centroids(f"view{i}") for i in (1, 2)]
+        labels = [torch.einsum("bdhw,kd->bkhw", f, c).argmax(1) for f, c in zip(expected, labels)]
+    captured = {}
+    import pixcontrast.modules.picie as picie_module
+
+    original = picie_module.picie_loss
+
+    def spy(*args):
+        captured["labels"] = args[-1]
+        return original(*args)
+
+    picie_module.picie_loss = spy
+    try:
+        model.compute_losses(batch)
+    finally:
+        picie_module.picie_loss = original
+    assert all(torch.equal(a, b) for a, b in zip(captured["labels"], labels))
+    assert "label_network.encoder.model.conv1.weight" in model.state_dict()  # exact resumes
+    _fit_centroids(model, batch)  # a new epoch: the copy follows the network again
+    assert torch.equal(frozen.fpn.laterals[0].weight, model.network.fpn.laterals[0].weight)
+    assert _model().label_network is None  # live labels: no copy
+
+
+def test_dot_logits_keep_the_raw_centroids_and_score_with_them():
+    model = _model(logits="dot", temperature=1.0).eval()
+    raw = {key: torch.randn(count, 16) * 0.3 for key, count in model.cluster_counts().items()}
+    model.set_centroids(raw)
+    assert torch.equal(model.centroids("view1"), raw["view1"])
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        features = model(images)
+        scores = model.cluster_logits(images, features=features)
+    expected = F.interpolate(torch.einsum("bdhw,kd->bkhw", features, raw["view1"]), size=(32, 32), mode="bilinear")
+    assert torch.allclose(scores, expected, atol=1e-5)
+    assert torch.isfinite(model.compute_losses(_batch())["loss"])
+
+
 def test_clustering_pass_uses_batch_statistics_without_touching_running_statistics():
     model = _model()
     batchnorm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -127,6 +180,9 @@ def test_validation_metrics_are_logged_after_clustering():
         ({"over_clusters": 4}, "over_clusters"),
         ({"num_clusters": 1}, "num_clusters"),
         ({"temperature": 0.0}, "temperature"),
+        ({"class_weights": "inverse"}, "class_weights"),
+        ({"logits": "euclidean"}, "logits"),
+        ({"label_source": "files"}, "label_source"),
         ({"class_names": ["a"]}, "class_names"),
         ({"encoder": "resnet_eighteen"}, "unknown encoder"),
         ({"num_classes": -1}, "num_classes must be >= 0"),

@@ -1,0 +1,59 @@
+"""Which training run writes a checkpoint: the hint behind the error for a checkpoint that does not exist yet.
+
+``pixcontrast fit`` writes ``<trainer.default_root_dir>/checkpoints/last.ckpt``; a config that starts from such a
+file (e.g. ``weights_path: runs/synthetic_pretrain/checkpoints/last.ckpt``) needs that run first. The config
+that writes it is found among the YAML files of ``examples/configs`` and ``configs`` under the working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG_FOLDERS = ("examples/configs", "configs")
+
+
+def run_dir_of(checkpoint: str | Path) -> Path | None:
+    """The run folder of a Lightning checkpoint path ``<run>/checkpoints/<name>.ckpt``, else None."""
+    path = Path(checkpoint)
+    if path.suffix != ".ckpt" or path.parent.name != "checkpoints":
+        return None
+    return path.parent.parent
+
+
+def find_writing_config(checkpoint: str | Path, cwd: str | Path | None = None) -> Path | None:
+    """The config whose ``trainer.default_root_dir`` is the run folder of ``checkpoint``, else None.
+
+    Reads only small YAML files in :data:`CONFIG_FOLDERS` under ``cwd`` (default: the working directory).
+    """
+    import yaml
+
+    run_dir = run_dir_of(checkpoint)
+    if run_dir is None:
+        return None
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    target = (cwd / run_dir).resolve()
+    for folder in CONFIG_FOLDERS:
+        for config in sorted((cwd / folder).glob("*.yaml")):
+            try:
+                content = yaml.safe_load(config.read_text())
+            except (OSError, yaml.YAMLError):
+                continue
+            trainer = content.get("trainer") if isinstance(content, dict) else None
+            root = trainer.get("default_root_dir") if isinstance(trainer, dict) else None
+            if isinstance(root, str) and (cwd / root).resolve() == target:
+                return config.relative_to(cwd)
+    return None
+
+
+def missing_checkpoint_hint(checkpoint: str | Path) -> str:
+    """A sentence saying how to create ``checkpoint`` (empty when it is no run's checkpoint)."""
+    run_dir = run_dir_of(checkpoint)
+    if run_dir is None:
+        return ""
+    config = find_writing_config(checkpoint)
+    if config is not None:
+        return f"; it is written by `pixcontrast fit --config {config.as_posix()}`: run that first"
+    return (
+        f"; it is the checkpoint of a training run with trainer.default_root_dir={run_dir.as_posix()}: "
+        "run `pixcontrast fit --config <that config>` first"
+    )
