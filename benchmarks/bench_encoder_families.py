@@ -51,7 +51,7 @@ def bench_family(family: str, size: int, repeats: int) -> dict:
         time_step(module, optimizers[key], batch, torch.enable_grad)
     for _ in range(repeats):
         for key, module in pair.items():
-            times[key].append(time_step(module, optimizers[key], batch, torch.enable_grad))
+            times[key].append(time_step(module, optimizers[key], batch, torch.enable_grad)[0])  # wall clock
     medians = {key: statistics.median(values) for key, values in times.items()}
     reduction = pair["ce_only"].model.encoder.head_reduction
     print(f"{family} ({encoder}): " + ", ".join(f"{k} {v:.2f}s" for k, v in medians.items()), file=sys.stderr)
