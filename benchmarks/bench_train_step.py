@@ -8,7 +8,7 @@ feature map first (``project_sampled_pixels=False``, the reference code's way), 
 CPU (default): HRNet-W18-small and DeepLabV3-ResNet18 at 512 x 512, batch 2. With CUDA: HRNet-W48 at
 1024 x 512, batch 8, bf16 autocast. Memory banks are filled before timing (steady state). Prints one JSON line.
 
-    python benchmarks/bench_train_step.py [--repeats 5] [--quick] [--only hrnet_w18_small]
+    python benchmarks/bench_train_step.py [--repeats 5] [--quick] [--only hrnet_w18_small] [--matmul-precision medium]
 """
 
 from __future__ import annotations
@@ -114,9 +114,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="256 x 256 inputs, 2 repeats (smoke run)")
     parser.add_argument("--only", default=None, help="run only the model of this name (e.g. hrnet_w18_small)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
+    parser.add_argument(
+        "--matmul-precision", default="highest", choices=("highest", "high", "medium"),
+        help="torch.set_float32_matmul_precision for the float32 products (the loss computes in float32): "
+        "'high' = TF32 on CUDA, 'medium' = bfloat16 products (also on CPUs with AMX)",
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    torch.set_float32_matmul_precision(args.matmul_precision)
     repeats = 2 if args.quick else args.repeats
     if torch.cuda.is_available():
         device = torch.device("cuda")
@@ -136,7 +142,7 @@ def main() -> None:
     load_before = os.getloadavg()
     results = [bench_model(*run, repeats=repeats, device=device, autocast=autocast) for run in runs]
     print(json.dumps({"benchmark": "train_step", "device": str(device), "threads": torch.get_num_threads(),
-                      "repeats": repeats, "load_before": load_before, "load_after": os.getloadavg(),
+                      "matmul_precision": args.matmul_precision, "repeats": repeats, "load_before": load_before, "load_after": os.getloadavg(),
                       "results": results}))
 
 
