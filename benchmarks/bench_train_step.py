@@ -142,8 +142,8 @@ def main() -> None:
     load_before = os.getloadavg()
     results = [bench_model(*run, repeats=repeats, device=device, autocast=autocast) for run in runs]
     print(json.dumps({"benchmark": "train_step", "device": str(device), "threads": torch.get_num_threads(),
-                      "matmul_precision": args.matmul_precision, "repeats": repeats, "load_before": load_before, "load_after": os.getloadavg(),
-                      "results": results}))
+                      "matmul_precision": args.matmul_precision, "repeats": repeats, "load_before": load_before,
+                      "load_after": os.getloadavg(), "results": results}))
 
 
 if __name__ == "__main__":
