@@ -11,11 +11,9 @@ written to files). No label is ever written to disk. Training data comes from
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
 import copy
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -109,7 +107,9 @@ class PiCIE(StageEvaluation, L.LightningModule):
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.network = PiCIENetwork(encoder, feature_dim, pretrained=pretrained, weights_path=weights_path)
         # The frozen copy that labels the epoch (label_source="epoch"); saved in checkpoints for exact resumes.
-        self.label_network = copy.deepcopy(self.network).requires_grad_(False).eval() if label_source == "epoch" else None
+        self.label_network = None
+        if label_source == "epoch":
+            self.label_network = copy.deepcopy(self.network).requires_grad_(False).eval()
         for key, count in self.cluster_counts().items():
             self.register_buffer(f"centroids_{key}", torch.zeros(count, feature_dim))
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
