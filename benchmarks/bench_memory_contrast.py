@@ -3,7 +3,9 @@
 ``class_memory_contrastive_loss`` (what ``PixelContrastLoss`` uses with a bank, no hard mining) against
 ``supervised_contrastive_loss(memory=..., memory_labels=...)`` with the bank's rows and row labels. The bank is
 full (each anchor meets every row); anchors are one view per (image, class) group, as the memory configs sample.
-Both losses are checked to agree before timing. Prints one JSON line; progress goes to stderr.
+Both losses are checked to agree before timing. The class-layout loss also runs on the same rows stored in bfloat16
+(``memory_dtype="bfloat16"``): its speed-up and its loss's relative error are reported. Prints one JSON line;
+progress goes to stderr.
 
     python benchmarks/bench_memory_contrast.py [--quick] [--device cpu|cuda] [--threads N]
 """
@@ -43,6 +45,8 @@ def timed(step, device: str) -> float:
 
 def bench(name: str, num_classes: int, images: int, memory_size: int, repeats: int, device: str) -> dict:
     bank = fill_bank(PixelMemoryBank(num_classes, DIM, memory_size=memory_size).to(device))
+    half_bank = fill_bank(PixelMemoryBank(num_classes, DIM, memory_size=memory_size, memory_dtype="bfloat16").to(device))
+    half_rows, _ = half_bank.class_rows()
     generator = torch.Generator().manual_seed(1)
     anchors = F.normalize(torch.randn(images * num_classes, 1, DIM, generator=generator), dim=-1)
     anchors = anchors.to(device).requires_grad_()
@@ -53,13 +57,18 @@ def bench(name: str, num_classes: int, images: int, memory_size: int, repeats: i
     def ours():
         return class_memory_contrastive_loss(anchors, labels, rows, filled, TEMPERATURE, BASE_TEMPERATURE)
 
+    def ours_bf16():
+        return class_memory_contrastive_loss(anchors, labels, half_rows, filled, TEMPERATURE, BASE_TEMPERATURE)
+
     def generic():
         return supervised_contrastive_loss(anchors, labels, TEMPERATURE, BASE_TEMPERATURE, memory, memory_labels)
 
     difference = abs(ours().item() - generic().item())
     if difference > 1e-4:
         raise RuntimeError(f"{name}: the two losses differ by {difference}")
-    steps = {"class_layout": lambda: ours().backward(), "generic": lambda: generic().backward()}
+    bf16_error = abs(ours_bf16().item() / ours().item() - 1)
+    steps = {"class_layout": lambda: ours().backward(), "generic": lambda: generic().backward(),
+             "class_layout_bf16": lambda: ours_bf16().backward()}
     times: dict[str, list[float]] = {key: [] for key in steps}
     for step in steps.values():
         timed(step, device)  # warm-up
@@ -74,6 +83,8 @@ def bench(name: str, num_classes: int, images: int, memory_size: int, repeats: i
         "memory_rows": 2 * num_classes * memory_size,
         "seconds": {key: round(value, 5) for key, value in medians.items()},
         "speedup": round(medians["generic"] / medians["class_layout"], 2),
+        "bf16_speedup": round(medians["class_layout"] / medians["class_layout_bf16"], 2),
+        "bf16_loss_relative_error": float(f"{bf16_error:.2e}"),
     }
 
 

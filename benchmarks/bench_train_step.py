@@ -4,7 +4,8 @@ One step = forward + backward + SGD step, timed on the same batch, variants inte
 round, so no variant always runs first), median of --repeats, in wall-clock seconds and in process CPU seconds (the
 robust figure on a shared machine, best with ``--threads 1``).
 The contrastive variants run twice: projecting only the sampled pixels (the default) and projecting the whole
-feature map first (``project_sampled_pixels=False``, the reference code's way), both against CE only.
+feature map first (``project_sampled_pixels=False``, the reference code's way), both against CE only; the memory
+variant runs once more with its bank in bfloat16 (``memory_dtype="bfloat16"``).
 CPU (default): HRNet-W18-small and DeepLabV3-ResNet18 at 512 x 512, batch 2. With CUDA: HRNet-W48 at
 1024 x 512, batch 8, bf16 autocast. Memory banks are filled before timing (steady state). Prints one JSON line.
 
@@ -40,6 +41,7 @@ def build_variants(encoder: str, head: str, device: torch.device) -> dict[str, S
             variants[name + suffix] = ContrastiveSegmenter(
                 **common, warmup_steps=0, project_sampled_pixels=sampled, **extra
             )
+    variants["contrast_memory_bf16"] = ContrastiveSegmenter(**common, warmup_steps=0, memory_dtype="bfloat16", **memory)
     reference = variants["ce_only"].model.state_dict()
     for module in variants.values():
         module.model.load_state_dict(reference, strict=False)
@@ -96,8 +98,8 @@ def bench_model(name: str, encoder: str, head: str, shape: tuple[int, int, int],
     wall = {key: statistics.median(t for t, _ in values) for key, values in times.items()}
     cpu = {key: statistics.median(c for _, c in values) for key, values in times.items()}
     print(f"{name}: " + ", ".join(f"{k} {wall[k]:.3f}s (cpu {cpu[k]:.3f}s)" for k in wall), file=sys.stderr)
-    pairs = (("contrast", "contrast"), ("memory", "contrast_memory"), ("contrast_full_map", "contrast_full_map"),
-             ("memory_full_map", "contrast_memory_full_map"))
+    pairs = (("contrast", "contrast"), ("memory", "contrast_memory"), ("memory_bf16", "contrast_memory_bf16"),
+             ("contrast_full_map", "contrast_full_map"), ("memory_full_map", "contrast_memory_full_map"))
     return {
         "model": name,
         "batch": list(shape),

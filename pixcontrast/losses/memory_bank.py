@@ -9,6 +9,8 @@ masks and runs the positive terms on the ``N x R`` own blocks only (about ``K`` 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,6 +20,22 @@ from pixcontrast.losses.contrast import contrast_terms, supervised_contrastive_l
 from pixcontrast.losses.sampling import downsample_labels, gather_pixels, sample_per_class
 
 __all__ = ["PixelMemoryBank", "class_memory_contrastive_loss"]
+
+MEMORY_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def bank_product(left: Tensor, right: Tensor) -> Tensor:
+    """``left @ right`` in float32 at least, where ``right`` holds bank rows in the bank's storage precision.
+
+    Float32 (or float64) rows give the exact product in the wider of the two dtypes. With bfloat16 rows,
+    ``left`` is rounded to bfloat16, the product runs on the bfloat16 units (tensor cores, AMX) with float32
+    accumulation, and each result is rounded to bfloat16 (relative error at most ``2**-9``) before it is returned
+    as float32.
+    """
+    if right.dtype == torch.bfloat16:
+        return (left.to(right.dtype) @ right).float()
+    dtype = torch.promote_types(left.dtype, right.dtype)
+    return left.to(dtype) @ right.to(dtype)
 
 
 class PixelMemoryBank(nn.Module):
@@ -39,8 +57,8 @@ class PixelMemoryBank(nn.Module):
     floats per step. With ``False`` each rank keeps its own queues (no communication, but ranks drift apart
     and a checkpoint only saves rank 0's).
 
-    Memory: ``2 x num_classes x memory_size x dim`` float32 (about 194 MB for 19 classes, 5000 rows, 256
-    dims), and the loss compares each anchor with all of them.
+    Memory: ``2 x num_classes x memory_size x dim`` values (float32: about 194 MB for 19 classes, 5000 rows,
+    256 dims; half that in bfloat16), and the loss compares each anchor with all of them.
 
     Args:
         num_classes: number of classes (labels outside ``[0, num_classes)`` are not enqueued).
@@ -58,6 +76,9 @@ class PixelMemoryBank(nn.Module):
         num_hard_negatives: negatives kept per anchor when mining.
         segment_pixels: the segment row is the mean over at most this many random pixels of the segment (all
             of them when the segment is smaller). Bounds the pixels a step embeds for the bank.
+        memory_dtype: storage of the rows. ``"float32"`` (default) is exact. ``"bfloat16"`` halves the bank's
+            memory and runs its two products with the anchors on the bfloat16 units (:func:`bank_product`):
+            rows and anchors are rounded to 8 significant bits there, the rest of the loss stays float32.
     """
 
     def __init__(
@@ -73,6 +94,7 @@ class PixelMemoryBank(nn.Module):
         num_hard_positives: int = 1024,
         num_hard_negatives: int = 2048,
         segment_pixels: int = 64,
+        memory_dtype: Literal["float32", "bfloat16"] = "float32",
     ) -> None:
         super().__init__()
         for name, value in [("num_classes", num_classes), ("dim", dim), ("memory_size", memory_size),
@@ -82,6 +104,8 @@ class PixelMemoryBank(nn.Module):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not 0 < mining_fraction <= 1:
             raise ValueError(f"mining_fraction must be in (0, 1], got {mining_fraction}")
+        if memory_dtype not in MEMORY_DTYPES:
+            raise ValueError(f"memory_dtype must be one of {sorted(MEMORY_DTYPES)}, got {memory_dtype!r}")
         self.num_classes = num_classes
         self.dim = dim
         self.memory_size = memory_size
@@ -94,7 +118,7 @@ class PixelMemoryBank(nn.Module):
         self.num_hard_negatives = num_hard_negatives
         self.segment_pixels = segment_pixels
         # queue[k, 0] is class k's pixel queue, queue[k, 1] its segment queue.
-        self.register_buffer("queue", torch.zeros(num_classes, 2, memory_size, dim))
+        self.register_buffer("queue", torch.zeros(num_classes, 2, memory_size, dim, dtype=MEMORY_DTYPES[memory_dtype]))
         self.register_buffer("pointer", torch.zeros(num_classes, 2, dtype=torch.long))
         self.register_buffer("filled", torch.zeros(num_classes, 2, dtype=torch.long))
 
@@ -146,7 +170,7 @@ class PixelMemoryBank(nn.Module):
         if not self.hard_mining:
             return memory, labels, None
         with torch.no_grad(), torch.autocast(device_type=memory.device.type, enabled=False):
-            similarity = anchors.detach().float() @ memory.T
+            similarity = bank_product(anchors.detach().float(), memory.T)
             same = anchor_labels[:, None] == labels[None, :]
             used = (labels >= 0)[None, :]
             negatives = self._semi_hard(similarity, ~same & used, self.num_hard_negatives, generator)
@@ -249,7 +273,7 @@ class PixelMemoryBank(nn.Module):
         if valid.shape != samples.shape[:3]:
             raise ValueError(f"valid must be B x {self.num_classes} x S = {tuple(samples.shape[:3])}")
         with torch.autocast(device_type=samples.device.type, enabled=False):
-            samples = samples.detach().to(self.queue.dtype)
+            samples = samples.detach().to(torch.promote_types(self.queue.dtype, torch.float32))
             segments = (samples * valid[..., None]).sum(2)  # B x K x D sums
             n = self.pixels_per_image
             self._store(samples[:, :, :n], valid[:, :, :n], segments, valid[..., 0])
@@ -293,7 +317,8 @@ class PixelMemoryBank(nn.Module):
         return (
             f"num_classes={self.num_classes}, dim={self.dim}, memory_size={self.memory_size}, "
             f"pixels_per_image={self.pixels_per_image}, gather_distributed={self.gather_distributed}, "
-            f"hard_mining={self.hard_mining}, segment_pixels={self.segment_pixels}"
+            f"hard_mining={self.hard_mining}, segment_pixels={self.segment_pixels}, "
+            f"memory_dtype={str(self.queue.dtype).removeprefix('torch.')}"
         )
 
 
@@ -306,7 +331,7 @@ class _ClassMemoryContrast(torch.autograd.Function):
         num_classes, rows, dim = memory.shape
         unfilled = torch.zeros(filled.shape, dtype=features.dtype, device=features.device)
         unfilled.masked_fill_(~filled, float("-inf"))
-        logits = torch.addmm(unfilled.view(1, -1), features, memory.view(-1, dim).T, alpha=1.0 / temperature)
+        logits = bank_product(features * (1.0 / temperature), memory.view(-1, dim).T).add_(unfilled.view(1, -1))
         blocks = logits.view(num_anchors, num_classes, rows)
         anchor = torch.arange(num_anchors, device=features.device)
         known = (labels >= 0) & (labels < num_classes)  # anchors of other classes have negatives only
@@ -320,7 +345,8 @@ class _ClassMemoryContrast(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             own_blocks = torch.where(known[:, None], pulled.neg_(), 0.0)
             grad.view(num_anchors, num_classes, rows)[anchor, own] = own_blocks  # negatives and positives disjoint
-            ctx.save_for_backward(grad @ memory.view(-1, dim))  # the memory may change in place before backward
+            # the memory may change in place before backward: keep the small product
+            ctx.save_for_backward(bank_product(grad, memory.view(-1, dim)).to(features.dtype))
         ctx.temperature = temperature
         return loss
 
@@ -375,6 +401,8 @@ def class_memory_contrastive_loss(
     labels = anchor_labels.long().repeat_interleave(n_view)
     with torch.autocast(device_type=features.device.type, enabled=False):
         dtype = torch.promote_types(features.dtype, torch.float32)
+        if memory.dtype != torch.bfloat16:  # a bfloat16 bank is used as stored (see bank_product)
+            memory = memory.to(dtype)
         return _ClassMemoryContrast.apply(
-            features.to(dtype), labels, memory.to(dtype), filled.bool(), temperature, temperature / base_temperature
+            features.to(dtype), labels, memory, filled.bool(), temperature, temperature / base_temperature
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,7 +21,8 @@ class ContrastiveSegmenter(SegmentationModule):
     ``global_step >= warmup_steps``, in every run (single-process too); before that the head does not run and
     gets zero gradients (DDP needs no ``find_unused_parameters``). ``memory_size > 0`` turns on the memory
     variant (per-class pixel and segment queues of that many rows): the loss contrasts with the bank as it was
-    before the batch, then enqueues the batch (in training mode). ``gather_anchors=True`` contrasts the anchors
+    before the batch, then enqueues the batch (in training mode); ``memory_dtype="bfloat16"`` stores the bank in
+    half the memory and runs its products on the bfloat16 units. ``gather_anchors=True`` contrasts the anchors
     of all GPUs together. ``project_sampled_pixels=True`` (default) embeds only the sampled pixels (see
     :class:`PixelContrast`).
 
@@ -46,6 +47,7 @@ class ContrastiveSegmenter(SegmentationModule):
         gather_anchors: bool = False,
         project_sampled_pixels: bool = True,
         segment_pixels: int = 64,
+        memory_dtype: Literal["float32", "bfloat16"] = "float32",
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes, **kwargs)
@@ -67,6 +69,7 @@ class ContrastiveSegmenter(SegmentationModule):
             memory_size=hp.memory_size,
             pixels_per_image=hp.pixels_per_image,
             segment_pixels=hp.segment_pixels,
+            memory_dtype=hp.memory_dtype,
             gather_anchors=hp.gather_anchors,
             project_sampled_pixels=hp.project_sampled_pixels,
         )

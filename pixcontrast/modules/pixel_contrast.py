@@ -9,6 +9,8 @@ optional memory bank and the rule that keeps DDP working while the term is off. 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,8 +40,8 @@ class PixelContrast(nn.Module):
         warmup_steps: steps before the term switches on (the papers: 5000 on Cityscapes).
         temperature, base_temperature, max_samples, max_views, ignore_index, gather_anchors: see
             :class:`~pixcontrast.losses.PixelContrastLoss`.
-        memory_size, pixels_per_image, segment_pixels: see :class:`~pixcontrast.losses.PixelMemoryBank`
-            (``memory_size=0``: no memory bank).
+        memory_size, pixels_per_image, segment_pixels, memory_dtype: see
+            :class:`~pixcontrast.losses.PixelMemoryBank` (``memory_size=0``: no memory bank).
         project_sampled_pixels: embed only the sampled pixels (default) or the whole map first (the reference).
     """
 
@@ -59,6 +61,7 @@ class PixelContrast(nn.Module):
         memory_size: int = 0,
         pixels_per_image: int = 10,
         segment_pixels: int = 64,
+        memory_dtype: Literal["float32", "bfloat16"] = "float32",
         gather_anchors: bool = False,
         project_sampled_pixels: bool = True,
     ) -> None:
@@ -85,6 +88,7 @@ class PixelContrast(nn.Module):
                 pixels_per_image=pixels_per_image,
                 ignore_index=ignore_index,
                 segment_pixels=segment_pixels,
+                memory_dtype=memory_dtype,
             )
         self.criterion = PixelContrastLoss(
             temperature, base_temperature, max_samples, max_views, ignore_index, memory_bank, gather_anchors

@@ -325,3 +325,49 @@ def test_loss_projecting_sampled_pixels_matches_the_map_with_a_bank():
     torch.testing.assert_close(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1])
     torch.testing.assert_close(banks[0].queue, banks[1].queue)
+
+
+def test_bfloat16_bank_stores_half_and_matches_the_float32_loss():
+    g = torch.Generator().manual_seed(0)
+    emb = F.normalize(torch.randn(4, 16, 12, 12, generator=g), dim=1)
+    labels = torch.randint(0, 5, (4, 12, 12), generator=g)
+    exact = PixelMemoryBank(5, 16, memory_size=40, pixels_per_image=6)
+    half = PixelMemoryBank(5, 16, memory_size=40, pixels_per_image=6, memory_dtype="bfloat16")
+    for bank in (exact, half):
+        bank.enqueue(emb, labels, torch.Generator().manual_seed(1))
+    assert half.queue.dtype == torch.bfloat16 and "memory_dtype=bfloat16" in repr(half)
+    assert half.queue.element_size() * 2 == exact.queue.element_size()
+    assert torch.equal(half.filled, exact.filled)
+    assert torch.allclose(half.queue.float(), exact.queue, atol=4e-3)  # rows rounded to 8 significant bits
+    anchors = F.normalize(torch.randn(10, 1, 16, generator=g), dim=-1)
+    anchor_labels = torch.arange(10) % 5
+    grads = []
+    for bank in (exact, half):
+        leaf = anchors.clone().requires_grad_()
+        loss = bank.contrast(leaf, anchor_labels, temperature=0.07)
+        loss.backward()
+        assert loss.dtype == torch.float32 and leaf.grad.dtype == torch.float32
+        grads.append((loss.detach(), leaf.grad))
+    (loss32, grad32), (loss16, grad16) = grads
+    assert loss16.item() == pytest.approx(loss32.item(), rel=1e-2)
+    assert ((grad16 - grad32).norm() / grad32.norm()).item() < 3e-2
+
+
+def test_bfloat16_bank_hard_mining_and_checkpoints_across_dtypes():
+    g = torch.Generator().manual_seed(0)
+    half = PixelMemoryBank(3, 4, memory_size=30, pixels_per_image=10, hard_mining=True, memory_dtype="bfloat16")
+    half.enqueue(F.normalize(torch.randn(2, 4, 8, 8, generator=g), dim=1), torch.randint(0, 3, (2, 8, 8), generator=g))
+    anchors = F.normalize(torch.randn(4, 1, 4, generator=g), dim=-1).requires_grad_()
+    loss = half.contrast(anchors, torch.tensor([0, 1, 2, 0]), generator=g)
+    loss.backward()
+    assert torch.isfinite(loss) and anchors.grad.abs().sum() > 0
+    exact = PixelMemoryBank(3, 4, memory_size=30, pixels_per_image=10)
+    exact.load_state_dict(half.state_dict())  # a bfloat16 checkpoint restores into a float32 bank, and back
+    assert exact.queue.dtype == torch.float32 and torch.equal(exact.queue, half.queue.float())
+    half.load_state_dict(exact.state_dict())
+    assert half.queue.dtype == torch.bfloat16
+
+
+def test_unknown_memory_dtype_is_an_error():
+    with pytest.raises(ValueError, match="memory_dtype must be one of"):
+        PixelMemoryBank(3, 4, memory_dtype="float16")

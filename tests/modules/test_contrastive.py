@@ -73,16 +73,21 @@ def test_contrast_gradients_reach_the_projection_head():
     assert all(g is not None and g.abs().sum() > 0 for g in projection_grads)
 
 
-def test_memory_variant_fills_the_bank_and_keeps_it_in_the_state_dict():
-    module = contrastive(memory_size=16, pixels_per_image=2, max_views=1)
+@pytest.mark.parametrize("memory_dtype", ["float32", "bfloat16"])
+def test_memory_variant_fills_the_bank_and_keeps_it_in_the_state_dict(memory_dtype):
+    module = contrastive(memory_size=16, pixels_per_image=2, max_views=1, memory_dtype=memory_dtype)
     module.train()
+    contrast_losses = []
     for _ in range(2):  # the second step contrasts with the rows the first one enqueued
-        module.compute_losses(scene_batch())["loss"].backward()
+        losses = module.compute_losses(scene_batch())
+        losses["loss"].backward()
+        contrast_losses.append(losses["contrast"])
+    assert contrast_losses[1] > 0
     bank = module.contrast.memory_bank
-    assert bank.filled.sum() > 0
+    assert bank.filled.sum() > 0 and bank.queue.dtype == getattr(torch, memory_dtype)
     state = module.state_dict()
     assert any(key.startswith("contrast.criterion.memory_bank.") for key in state)
-    restored = contrastive(memory_size=16, pixels_per_image=2, max_views=1)
+    restored = contrastive(memory_size=16, pixels_per_image=2, max_views=1, memory_dtype=memory_dtype)
     restored.load_state_dict(state)
     torch.testing.assert_close(restored.contrast.memory_bank.queue, bank.queue)
 
