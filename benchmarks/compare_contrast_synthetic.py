@@ -5,6 +5,9 @@ differs between repeats). Reads val/miou from the TensorBoard logs and prints on
 best val mIoU per run, their mean and standard deviation per config, and the wall time of each run.
 
     python benchmarks/compare_contrast_synthetic.py [--seeds 0 1 2] [--configs synthetic_baseline synthetic_contrast]
+
+A ``--configs`` entry may carry overrides of its own after the config name, in one quoted argument, e.g.
+``"synthetic_contrast_mem --model.init_args.memory_dtype=bfloat16"``; the first entry is the baseline.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ def val_miou_series(run_dir: Path) -> list[float]:
 
 
 def run(config: str, seed: int, workdir: Path, extra: list[str]) -> dict:
-    run_dir = workdir / f"{config}_seed{seed}"
-    command = [sys.executable, "-m", "pixcontrast", "fit", "--config", str(CONFIGS / f"{config}.yaml"),
+    """One fit of ``config`` (a config name, optionally followed by its own overrides) with ``seed``."""
+    name, *overrides = config.split()
+    run_dir = workdir / f"{'_'.join(config.split()).replace('/', '_')}_seed{seed}"
+    command = [sys.executable, "-m", "pixcontrast", "fit", "--config", str(CONFIGS / f"{name}.yaml"),
                f"--seed_everything={seed}", f"--data.init_args.seed={seed}",
-               f"--trainer.default_root_dir={run_dir}", "--trainer.enable_progress_bar=false", *extra]
+               f"--trainer.default_root_dir={run_dir}", "--trainer.enable_progress_bar=false", *overrides, *extra]
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start

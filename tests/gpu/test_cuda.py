@@ -120,6 +120,25 @@ def test_memory_contrast_loss_on_cuda_equals_cpu() -> None:
         torch.testing.assert_close(cuda[1], cpu[1], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_bfloat16_bank_on_cuda_matches_the_float32_bank() -> None:
+    anchors, labels = _anchors(views=1)
+    generator = torch.Generator().manual_seed(1)
+    exact = PixelMemoryBank(6, 32, memory_size=50, pixels_per_image=20, gather_distributed=False)
+    for _ in range(3):
+        exact.enqueue(F.normalize(torch.randn(2, 32, 16, 16, generator=generator), dim=1),
+                      torch.randint(0, 6, (2, 16, 16), generator=generator), generator)
+    half = PixelMemoryBank(6, 32, memory_size=50, pixels_per_image=20, gather_distributed=False,
+                           memory_dtype="bfloat16")
+    half.load_state_dict(exact.state_dict())
+    exact, half = exact.to(CUDA), half.to(CUDA)
+    results = [_loss_and_grad(lambda a, l, b: b.contrast(a, l, 0.1, 0.07), anchors.to(CUDA), labels.to(CUDA), bank)
+               for bank in (exact, half)]
+    (loss32, grad32), (loss16, grad16) = results
+    assert half.queue.dtype == torch.bfloat16 and loss16.dtype == torch.float32
+    torch.testing.assert_close(loss16, loss32, rtol=1e-2, atol=0.0)
+    assert ((grad16 - grad32).norm() / grad32.norm()).item() < 3e-2
+
+
 def test_pixel_contrast_loss_samples_and_trains_on_cuda_under_bf16() -> None:
     generator = torch.Generator(device=CUDA).manual_seed(0)
     embeddings = torch.randn(2, 32, 32, 32, device=CUDA, requires_grad=True)
