@@ -11,7 +11,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["contrast_rows", "contrast_terms", "supervised_contrastive_loss"]
+__all__ = ["contrast_rows", "contrast_terms", "rows_product", "supervised_contrastive_loss"]
+
+
+def rows_product(left: Tensor, right: Tensor) -> Tensor:
+    """``left @ right`` in float32 at least, where ``right`` holds contrast rows in their storage precision.
+
+    Float32 (or float64) rows give the exact product in the wider of the two dtypes. With bfloat16 rows (a
+    bfloat16 memory bank), ``left`` is rounded to bfloat16, the product runs on the bfloat16 units (tensor cores,
+    AMX) with float32 accumulation, and each result is rounded to bfloat16 (relative error at most ``2**-9``)
+    before it is returned as float32.
+    """
+    if right.dtype == torch.bfloat16:
+        return (left.to(right.dtype) @ right).float()
+    dtype = torch.promote_types(left.dtype, right.dtype)
+    return left.to(dtype) @ right.to(dtype)
 
 
 def contrast_terms(
@@ -58,7 +72,7 @@ class _RowContrast(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, contrast, positive, negative, temperature, scale):  # noqa: D102
         other = features if contrast is None else contrast
-        logits = (features * (1.0 / temperature)) @ other.T  # N x C, the temperature on the small side
+        logits = rows_product(features * (1.0 / temperature), other.T)  # N x C, the temperature on the small side
         loss, grad_negative, grad_positive = contrast_terms(
             torch.where(negative, logits, float("-inf")), logits, positive, scale
         )
@@ -70,7 +84,7 @@ class _RowContrast(torch.autograd.Function):
         else:
             # The contrast rows may be a live memory queue that is overwritten in place before backward runs,
             # so keep the (small) products instead of the rows themselves.
-            grad_features = grad @ other if ctx.needs_input_grad[0] else None
+            grad_features = rows_product(grad, other).to(features.dtype) if ctx.needs_input_grad[0] else None
             grad_other = grad.T @ features if ctx.needs_input_grad[1] else None
             ctx.save_for_backward(grad_features, grad_other)
         return loss
@@ -123,7 +137,9 @@ def contrast_rows(
                 positive.scatter_(1, self_index[:, None], False)
             negative = ~same & used
         dtype = torch.promote_types(features.dtype, torch.float32)  # float32, or float64 if given
-        other = None if symmetric else contrast.to(dtype)
+        other = None
+        if not symmetric:  # a bfloat16 memory is used as stored (rows_product)
+            other = contrast if contrast.dtype == torch.bfloat16 else contrast.to(dtype)
         return _RowContrast.apply(
             features.to(dtype), other, positive, negative, temperature, temperature / base_temperature
         )

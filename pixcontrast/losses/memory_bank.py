@@ -16,26 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixcontrast.distributed import all_gather_padded
-from pixcontrast.losses.contrast import contrast_terms, supervised_contrastive_loss
+from pixcontrast.losses.contrast import contrast_terms, rows_product, supervised_contrastive_loss
 from pixcontrast.losses.sampling import downsample_labels, gather_pixels, sample_per_class
 
 __all__ = ["PixelMemoryBank", "class_memory_contrastive_loss"]
 
 MEMORY_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def bank_product(left: Tensor, right: Tensor) -> Tensor:
-    """``left @ right`` in float32 at least, where ``right`` holds bank rows in the bank's storage precision.
-
-    Float32 (or float64) rows give the exact product in the wider of the two dtypes. With bfloat16 rows,
-    ``left`` is rounded to bfloat16, the product runs on the bfloat16 units (tensor cores, AMX) with float32
-    accumulation, and each result is rounded to bfloat16 (relative error at most ``2**-9``) before it is returned
-    as float32.
-    """
-    if right.dtype == torch.bfloat16:
-        return (left.to(right.dtype) @ right).float()
-    dtype = torch.promote_types(left.dtype, right.dtype)
-    return left.to(dtype) @ right.to(dtype)
 
 
 class PixelMemoryBank(nn.Module):
@@ -77,8 +63,9 @@ class PixelMemoryBank(nn.Module):
         segment_pixels: the segment row is the mean over at most this many random pixels of the segment (all
             of them when the segment is smaller). Bounds the pixels a step embeds for the bank.
         memory_dtype: storage of the rows. ``"float32"`` (default) is exact. ``"bfloat16"`` halves the bank's
-            memory and runs its two products with the anchors on the bfloat16 units (:func:`bank_product`):
-            rows and anchors are rounded to 8 significant bits there, the rest of the loss stays float32.
+            memory and runs its two products with the anchors on the bfloat16 units
+            (:func:`~pixcontrast.losses.contrast.rows_product`): rows, anchors and similarities are rounded to 8
+            significant bits there, the rest of the loss stays float32.
     """
 
     def __init__(
@@ -170,7 +157,7 @@ class PixelMemoryBank(nn.Module):
         if not self.hard_mining:
             return memory, labels, None
         with torch.no_grad(), torch.autocast(device_type=memory.device.type, enabled=False):
-            similarity = bank_product(anchors.detach().float(), memory.T)
+            similarity = rows_product(anchors.detach().float(), memory.T)
             same = anchor_labels[:, None] == labels[None, :]
             used = (labels >= 0)[None, :]
             negatives = self._semi_hard(similarity, ~same & used, self.num_hard_negatives, generator)
@@ -333,7 +320,7 @@ class _ClassMemoryContrast(torch.autograd.Function):
         num_classes, rows, dim = memory.shape
         unfilled = torch.zeros(filled.shape, dtype=features.dtype, device=features.device)
         unfilled.masked_fill_(~filled, float("-inf"))
-        logits = bank_product(features * (1.0 / temperature), memory.view(-1, dim).T).add_(unfilled.view(1, -1))
+        logits = rows_product(features * (1.0 / temperature), memory.view(-1, dim).T).add_(unfilled.view(1, -1))
         blocks = logits.view(num_anchors, num_classes, rows)
         anchor = torch.arange(num_anchors, device=features.device)
         known = (labels >= 0) & (labels < num_classes)  # anchors of other classes have negatives only
@@ -348,7 +335,7 @@ class _ClassMemoryContrast(torch.autograd.Function):
             own_blocks = torch.where(known[:, None], pulled.neg_(), 0.0)
             grad.view(num_anchors, num_classes, rows)[anchor, own] = own_blocks  # negatives and positives disjoint
             # the memory may change in place before backward: keep the small product
-            ctx.save_for_backward(bank_product(grad, memory.view(-1, dim)).to(features.dtype))
+            ctx.save_for_backward(rows_product(grad, memory.view(-1, dim)).to(features.dtype))
         ctx.temperature = temperature
         return loss
 
@@ -403,7 +390,7 @@ def class_memory_contrastive_loss(
     labels = anchor_labels.long().repeat_interleave(n_view)
     with torch.autocast(device_type=features.device.type, enabled=False):
         dtype = torch.promote_types(features.dtype, torch.float32)
-        if memory.dtype != torch.bfloat16:  # a bfloat16 bank is used as stored (see bank_product)
+        if memory.dtype != torch.bfloat16:  # a bfloat16 bank is used as stored (see rows_product)
             memory = memory.to(dtype)
         return _ClassMemoryContrast.apply(
             features.to(dtype), labels, memory, filled.bool(), temperature, temperature / base_temperature
