@@ -45,7 +45,8 @@ def timed(step, device: str) -> float:
 
 def bench(name: str, num_classes: int, images: int, memory_size: int, repeats: int, device: str) -> dict:
     bank = fill_bank(PixelMemoryBank(num_classes, DIM, memory_size=memory_size).to(device))
-    half_bank = fill_bank(PixelMemoryBank(num_classes, DIM, memory_size=memory_size, memory_dtype="bfloat16").to(device))
+    half_bank = PixelMemoryBank(num_classes, DIM, memory_size=memory_size, memory_dtype="bfloat16")
+    half_bank = fill_bank(half_bank.to(device))
     half_rows, _ = half_bank.class_rows()
     generator = torch.Generator().manual_seed(1)
     anchors = F.normalize(torch.randn(images * num_classes, 1, DIM, generator=generator), dim=-1)

@@ -20,7 +20,8 @@ OFFICIAL = os.environ.get("PIXCONTRAST_OFFICIAL_PICIE")
 @pytest.fixture(scope="module")
 def compare():
     """The benchmark script as a module (it puts examples/ on sys.path itself)."""
-    spec = importlib.util.spec_from_file_location("compare_picie_official", ROOT / "benchmarks/compare_picie_official.py")
+    script = ROOT / "benchmarks" / "compare_picie_official.py"
+    spec = importlib.util.spec_from_file_location("compare_picie_official", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

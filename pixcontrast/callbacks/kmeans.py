@@ -8,6 +8,9 @@ Hooks a LightningModule implements (all called by the callback, never by the tra
 - ``set_centroids(centroids: Tensor | Mapping[str, Tensor]) -> None``: receives the fitted ``K x D`` float32
   centroids (on the module's device) per feature set. The module owns them from then on: keep them in its
   state (e.g. buffers), so checkpoints restore them; the callback keeps no copy.
+- optional ``set_cluster_sizes(sizes: Tensor | Mapping[str, Tensor]) -> None``: called right after
+  ``set_centroids`` with the number of clustered points in each cluster (``K`` float32 per feature set, over all
+  ranks, at k-means' last assignment step): the clusters' frequencies in the refresh's sample.
 - optional ``cluster_dataloader() -> Iterable``: batches to cluster; default: the trainer's train dataloader.
   Under DDP it must yield each rank's own shard (the trainer's train dataloader already does).
 - optional ``on_cluster_start()`` / ``on_cluster_end()``: called around feature collection, after the callback
@@ -117,14 +120,17 @@ class KMeansRefresh(pl.Callback):
         single = not isinstance(counts, Mapping)
         counts = {_SINGLE: counts} if single else dict(counts)
         samples = self._collect(trainer, pl_module, counts)
-        centroids = {}
+        centroids, sizes = {}, {}
         for offset, (key, k) in enumerate(counts.items()):
             model = KMeans(k, seed=self.seed + offset, **self.kmeans_kwargs).fit(samples[key])
             centroids[key] = model.centroids.to(pl_module.device)
+            sizes[key] = model.counts_.to(pl_module.device)
             points = all_reduce_sum(torch.tensor([samples[key].shape[0]], device=pl_module.device)).item()
             pl_module.log(f"{self.log_prefix}/inertia_{key}", model.inertia_ / points, batch_size=1)
             pl_module.log(f"{self.log_prefix}/points_{key}", float(points), batch_size=1)
         pl_module.set_centroids(centroids[_SINGLE] if single else centroids)
+        if callable(getattr(pl_module, "set_cluster_sizes", None)):
+            pl_module.set_cluster_sizes(sizes[_SINGLE] if single else sizes)
         self.refreshed_epoch = trainer.current_epoch
         pl_module.log(f"{self.log_prefix}/seconds", time.perf_counter() - start, batch_size=1)
 

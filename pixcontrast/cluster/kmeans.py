@@ -53,7 +53,8 @@ class KMeans:
 
     After fitting: ``centroids`` (K x D float32, on the data's device), ``inertia_`` (sum of squared distances
     of the points to their centroid at the last assignment step; for cosine the distances are between
-    normalised vectors, ``2 - 2 cos``) and ``n_iter_`` (iterations run).
+    normalised vectors, ``2 - 2 cos``), ``counts_`` (K float32, the points of each cluster at that step, over all
+    ranks) and ``n_iter_`` (iterations run).
     """
 
     def __init__(
@@ -290,6 +291,7 @@ class KMeans:
                     break
                 previous = current
         self.centroids, self.inertia_, self.n_iter_ = centroids, inertia.item(), iteration
+        self.counts_ = stats[:, dim]
 
     def _fit_faiss(self, x: Tensor, centroids: Tensor, device: torch.device) -> None:
         import faiss
@@ -312,6 +314,8 @@ class KMeans:
         self.inertia_ = objective if self.metric == "euclidean" else 2.0 * n - 2.0 * objective
         self.centroids = torch.from_numpy(model.centroids.copy()).to(device)
         self.n_iter_ = self.max_iter
+        _, nearest = model.index.search(xs, 1)  # the trained index holds the final centroids
+        self.counts_ = torch.bincount(torch.from_numpy(nearest[:, 0]), minlength=self.n_clusters).float().to(device)
 
 
 # ---------------------------------------------------------------------- helpers

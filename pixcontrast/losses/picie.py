@@ -100,8 +100,10 @@ def assign_clusters(features: Tensor, centroids: Tensor, logits: str = "cosine")
         return scores.argmax(dim=1)
 
 
-def cluster_weights(labels: Tensor, num_clusters: int, class_weights: str = "balanced") -> Tensor | None:
-    """Cross-entropy weights of the clusters from their pixel counts in ``labels``, on the device (no host sync).
+def cluster_weights(
+    labels: Tensor, num_clusters: int, class_weights: str = "balanced", sizes: Tensor | None = None
+) -> Tensor | None:
+    """Cross-entropy weights of the clusters from their pixel counts, on the device (no host sync).
 
     ``"balanced"``: inverse counts (0 for absent clusters), so a mean-reduced cross-entropy is the mean over the
     present clusters of each cluster's mean pixel loss and small clusters count as much as large ones.
@@ -109,7 +111,9 @@ def cluster_weights(labels: Tensor, num_clusters: int, class_weights: str = "bal
     large clusters count more. ``"none"``: None (every pixel counts the same).
 
     Args:
-        labels: int64 cluster ids of any shape, values in ``[0, num_clusters)``.
+        labels: int64 cluster ids of any shape, values in ``[0, num_clusters)``: the counts are taken here.
+        sizes: optional ``num_clusters`` cluster sizes to use instead (e.g. over the epoch, as the official code
+            counts them); all zeros (no sizes known yet) falls back to the counts in ``labels``.
 
     Returns:
         ``num_clusters`` float32 weights, or None.
@@ -120,6 +124,10 @@ def cluster_weights(labels: Tensor, num_clusters: int, class_weights: str = "bal
     flat = labels.reshape(-1)
     counts = torch.zeros(num_clusters, dtype=torch.float32, device=labels.device)
     counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+    if sizes is not None:
+        if sizes.shape != (num_clusters,):
+            raise ValueError(f"sizes must have shape ({num_clusters},), got {tuple(sizes.shape)}")
+        counts = torch.where(sizes.sum() > 0, sizes.to(counts), counts)
     if class_weights == "official":
         return counts / counts.sum().clamp_min(1.0)
     return torch.where(counts > 0, counts.reciprocal(), torch.zeros_like(counts))
@@ -132,6 +140,7 @@ def cluster_cross_entropy(
     temperature: float = 1.0,
     class_weights: str = "balanced",
     logits: str = "cosine",
+    sizes: Tensor | None = None,
 ) -> Tensor:
     """Cross-entropy of the logits ``score(features, centroids) / temperature`` against ``labels``.
 
@@ -142,12 +151,14 @@ def cluster_cross_entropy(
         temperature: divides the scores.
         class_weights: ``"balanced"``, ``"official"`` or ``"none"`` (see :func:`cluster_weights`).
         logits: ``"cosine"`` or ``"dot"`` (see :func:`cluster_scores`).
+        sizes: optional ``K`` cluster sizes for the weights instead of the counts in ``labels``.
 
     Returns:
         scalar loss.
     """
     scores = cluster_scores(features, centroids, logits) / temperature
-    return F.cross_entropy(scores, labels, weight=cluster_weights(labels, centroids.shape[0], class_weights))
+    weight = cluster_weights(labels, centroids.shape[0], class_weights, sizes)
+    return F.cross_entropy(scores, labels, weight=weight)
 
 
 class PiCIELossOutput(NamedTuple):
@@ -169,6 +180,7 @@ def picie_loss(
     class_weights: str = "balanced",
     logits: str = "cosine",
     labels: tuple[Tensor, Tensor] | None = None,
+    cluster_sizes: tuple[Tensor, Tensor] | None = None,
 ) -> PiCIELossOutput:
     """PiCIE's loss on two pixel-aligned views.
 
@@ -184,6 +196,8 @@ def picie_loss(
         class_weights: per cross-entropy, see :func:`cluster_weights`.
         logits: ``"cosine"`` or ``"dot"``, see :func:`cluster_scores`.
         labels: ``(y1, y2)``, both ``B x h x w`` int64; None labels from the features themselves.
+        cluster_sizes: optional ``(n1, n2)``, ``K`` sizes of each view's clusters for the class weights of the
+            cross-entropies against ``y1`` and ``y2`` (default: the counts in the batch's labels).
 
     Returns:
         :class:`PiCIELossOutput`; ``within_view`` and ``across_view`` are the means of their two terms and
@@ -207,18 +221,22 @@ def picie_loss(
     if tuple(labels1.shape) != expected or tuple(labels2.shape) != expected:
         raise ValueError(f"labels must be B x h x w = {expected}, got {tuple(labels1.shape)} and {tuple(labels2.shape)}")
 
-    def cross_entropy(features: Tensor, centroids: Tensor, target: Tensor) -> Tensor:
-        return cluster_cross_entropy(features, centroids, target, temperature, class_weights, logits)
+    sizes1, sizes2 = cluster_sizes if cluster_sizes is not None else (None, None)
 
-    within = 0.5 * (cross_entropy(features1, centroids1, labels1) + cross_entropy(features2, centroids2, labels2))
-    across = 0.5 * (cross_entropy(features1, centroids2, labels2) + cross_entropy(features2, centroids1, labels1))
+    def cross_entropy(features: Tensor, centroids: Tensor, target: Tensor, sizes: Tensor | None) -> Tensor:
+        return cluster_cross_entropy(features, centroids, target, temperature, class_weights, logits, sizes)
+
+    within = 0.5 * (cross_entropy(features1, centroids1, labels1, sizes1)
+                    + cross_entropy(features2, centroids2, labels2, sizes2))
+    across = 0.5 * (cross_entropy(features1, centroids2, labels2, sizes2)
+                    + cross_entropy(features2, centroids1, labels1, sizes1))
     return PiCIELossOutput(0.5 * (within + across), within, across, labels1, labels2)
 
 
 class PiCIELoss(nn.Module):
     """Module form of :func:`picie_loss` with fixed ``temperature``, ``class_weights`` and ``logits``.
 
-    ``forward(features1, features2, centroids1, centroids2, labels=None) -> PiCIELossOutput``.
+    ``forward(features1, features2, centroids1, centroids2, labels=None, cluster_sizes=None) -> PiCIELossOutput``.
     """
 
     def __init__(self, temperature: float = 1.0, class_weights: str = "balanced", logits: str = "cosine") -> None:
@@ -238,10 +256,10 @@ class PiCIELoss(nn.Module):
         centroids1: Tensor,
         centroids2: Tensor,
         labels: tuple[Tensor, Tensor] | None = None,
+        cluster_sizes: tuple[Tensor, Tensor] | None = None,
     ) -> PiCIELossOutput:
-        return picie_loss(
-            features1, features2, centroids1, centroids2, self.temperature, self.class_weights, self.logits, labels
-        )
+        return picie_loss(features1, features2, centroids1, centroids2, self.temperature, self.class_weights,
+                          self.logits, labels, cluster_sizes)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, class_weights={self.class_weights!r}, logits={self.logits!r}"

@@ -49,10 +49,10 @@ class PiCIE(StageEvaluation, L.LightningModule):
         encoder, feature_dim, pretrained, weights_path: see :class:`~pixcontrast.models.fpn.PiCIENetwork`.
         lr, weight_decay: Adam (paper: lr 1e-4 on COCO-Stuff, 1e-3 on Cityscapes, no decay, no schedule).
         temperature: divides the logits.
-        class_weights: cross-entropy weights per cluster from its pixel count in the batch: ``"balanced"``
-            (inverse frequency, default: small clusters count as much as large ones), ``"official"`` (the
-            frequency itself, as the official code weighs by the epoch's label counts: large clusters count
-            more) or ``"none"``.
+        class_weights: cross-entropy weights per cluster: ``"balanced"`` (default: inverse pixel count in the
+            batch, so small clusters count as much as large ones), ``"official"`` (the official code's weights:
+            the cluster's frequency over the epoch, here in the clustering pass's sample as ``KMeansRefresh``
+            reports it through :meth:`set_cluster_sizes`; large clusters count more) or ``"none"``.
         logits: ``"cosine"`` (default: ``cos(z, mu) / temperature``, centroids normalised, labels by cosine)
             or ``"dot"`` (the official code: ``z . mu / temperature`` with the raw centroids, labels by
             Euclidean distance; pair it with ``KMeansRefresh(metric="euclidean")`` and ``temperature=1``).
@@ -62,9 +62,9 @@ class PiCIE(StageEvaluation, L.LightningModule):
         ignore_index: unlabelled pixels in evaluation masks.
         class_names: names of the evaluation classes, for the per-class IoU logs.
 
-    Centroids, the "clustered" flag and the last cluster -> class matching are buffers, so they are saved in
-    checkpoints. Batch-norm runs on batch statistics both in the clustering pass and in training (the labels
-    come from the training forward pass); running statistics are not updated by the clustering pass.
+    Centroids, cluster sizes, the "clustered" flag and the last cluster -> class matching are buffers, so they
+    are saved in checkpoints. Batch-norm runs on batch statistics both in the clustering pass and in training (the
+    labels come from the training forward pass); running statistics are not updated by the clustering pass.
     Evaluation classifies with the view-1 centroids; the over-clustering head is scored by many-to-one
     matching (``val/over_*``).
     """
@@ -112,6 +112,7 @@ class PiCIE(StageEvaluation, L.LightningModule):
             self.label_network = copy.deepcopy(self.network).requires_grad_(False).eval()
         for key, count in self.cluster_counts().items():
             self.register_buffer(f"centroids_{key}", torch.zeros(count, feature_dim))
+            self.register_buffer(f"cluster_sizes_{key}", torch.zeros(count))
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
         self.register_buffer("assignment", torch.full((num_clusters,), -1, dtype=torch.int64))
         self._evaluate = num_classes > 0
@@ -195,6 +196,19 @@ class PiCIE(StageEvaluation, L.LightningModule):
         self.clustered.fill_(True)
         self._has_centroids = True
 
+    @torch.no_grad()
+    def set_cluster_sizes(self, sizes: Mapping[str, Tensor]) -> None:
+        """Store the clustered points per cluster (``K`` per feature set), the epoch's cluster frequencies that
+        ``class_weights="official"`` weighs by."""
+        expected = self.cluster_counts()
+        if set(sizes) != set(expected):
+            raise ValueError(f"set_cluster_sizes expects the keys {sorted(expected)}, got {sorted(sizes)}")
+        for key, value in sizes.items():
+            buffer = getattr(self, f"cluster_sizes_{key}")
+            if value.shape != buffer.shape:
+                raise ValueError(f"cluster sizes {key!r} must be {tuple(buffer.shape)}, got {tuple(value.shape)}")
+            buffer.copy_(value)
+
     def on_cluster_start(self) -> None:
         """Select this epoch's views; batch statistics on, running statistics frozen while clustering."""
         self.select_views()
@@ -250,6 +264,9 @@ class PiCIE(StageEvaluation, L.LightningModule):
                     assign_clusters(frozen[0], centroids1, self.hparams.logits),
                     assign_clusters(frozen[1], centroids2, self.hparams.logits),
                 )
+            sizes = None
+            if self.hparams.class_weights == "official":
+                sizes = (getattr(self, f"cluster_sizes_view1{suffix}"), getattr(self, f"cluster_sizes_view2{suffix}"))
             outputs[head] = picie_loss(
                 features1,
                 features2,
@@ -259,6 +276,7 @@ class PiCIE(StageEvaluation, L.LightningModule):
                 self.hparams.class_weights,
                 self.hparams.logits,
                 labels,
+                sizes,
             )
         main = outputs["main"]
         losses = {

@@ -62,6 +62,17 @@ def test_refreshes_every_epoch_and_logs(tmp_path):
     assert metrics["kmeans/points_a"] == 64
 
 
+def test_modules_with_the_optional_hook_receive_the_cluster_sizes(tmp_path):
+    class SizedModule(ToyModule):
+        def set_cluster_sizes(self, sizes) -> None:
+            self.sizes = sizes
+
+    module = SizedModule()
+    trainer(tmp_path, KMeansRefresh(metric="euclidean"), max_epochs=1, enable_checkpointing=False).fit(module)
+    assert set(module.sizes) == {"a", "b"} and module.sizes["a"].shape == (3,) and module.sizes["b"].shape == (2,)
+    assert module.sizes["a"].sum().item() == 64 and module.sizes["b"].sum().item() == 64  # every collected point
+
+
 def test_every_n_epochs_and_bounds(tmp_path):
     module = ToyModule(named=False)
     callback = KMeansRefresh(every_n_epochs=2, max_batches=2, max_points=20, progress_bar=False)

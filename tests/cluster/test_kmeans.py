@@ -31,6 +31,16 @@ def test_recovers_blobs(metric, init):
     assert math.isclose(distances.sum().item(), model.inertia_, rel_tol=1e-4)  # converged: same assignment
 
 
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_counts_are_the_cluster_sizes(backend):
+    x, truth, _ = blobs()
+    model = KMeans(4, seed=1, backend=backend).fit(x)
+    assert model.counts_.dtype == torch.float32 and model.counts_.sum().item() == x.shape[0]
+    labels = model.predict(x)  # well-separated blobs: the last assignment step is the final one
+    assert torch.equal(model.counts_, torch.bincount(labels, minlength=4).float())
+    assert sorted(model.counts_.tolist()) == sorted(torch.bincount(truth, minlength=4).float().tolist())
+
+
 def test_cosine_is_spherical():
     x, _, _ = blobs()
     model = KMeans(4, metric="cosine").fit(x)

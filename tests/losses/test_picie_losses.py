@@ -42,6 +42,30 @@ def test_class_weights_balanced_are_inverse_counts_official_are_frequencies():
         cluster_weights(labels, 5, "inverse")
 
 
+def test_cluster_sizes_replace_the_batch_counts():
+    labels = torch.tensor([[0, 0, 0, 2], [2, 0, 3, 3]])
+    epoch_sizes = torch.tensor([10.0, 30.0, 20.0, 20.0, 20.0])
+    assert cluster_weights(labels, 5, "official", epoch_sizes).tolist() == pytest.approx([0.1, 0.3, 0.2, 0.2, 0.2])
+    assert cluster_weights(labels, 5, "balanced", epoch_sizes).tolist() == pytest.approx([0.1, 1 / 30, 0.05, 0.05, 0.05])
+    # all zeros (no clustering pass has reported sizes yet): the batch's counts
+    assert cluster_weights(labels, 5, "official", torch.zeros(5)).tolist() == pytest.approx([0.5, 0.0, 0.25, 0.25, 0.0])
+    with pytest.raises(ValueError, match=r"sizes must have shape \(5,\)"):
+        cluster_weights(labels, 5, "official", torch.ones(4))
+    features1, features2, centroids = _features(20), _features(21), _centroids(22)
+    sizes1, sizes2 = torch.tensor([5.0, 1.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0, 5.0])
+    out = picie_loss(features1, features2, centroids, centroids, class_weights="official", cluster_sizes=(sizes1, sizes2))
+    y1, y2 = out.labels1, out.labels2
+
+    def ce(features, target, sizes):
+        return cluster_cross_entropy(features, centroids, target, class_weights="official", sizes=sizes)
+
+    expected = 0.25 * (ce(features1, y1, sizes1) + ce(features2, y2, sizes2) + ce(features1, y2, sizes2)
+                       + ce(features2, y1, sizes1))  # each cross-entropy weighs by its labels' view
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    batch_weighted = picie_loss(features1, features2, centroids, centroids, class_weights="official")
+    assert out.loss.item() != pytest.approx(batch_weighted.loss.item(), rel=1e-3)
+
+
 def test_official_weights_make_large_clusters_count_more():
     features, centroids = _features(12), _centroids(13)
     labels = torch.zeros(2, 5, 6, dtype=torch.int64)

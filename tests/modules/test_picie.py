@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from pixcontrast.losses.picie import picie_loss
 from pixcontrast.modules.picie import PiCIE
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
@@ -30,6 +31,34 @@ def _fit_centroids(model: PiCIE, batch: dict) -> None:
     features = model.cluster_features(batch)
     model.set_centroids({key: value[:: max(1, len(value) // count)][:count] for key, value, count in
                          ((k, features[k], c) for k, c in model.cluster_counts().items())})
+
+
+def test_official_class_weights_use_the_cluster_sizes_of_the_clustering_pass():
+    batch = _batch()
+    model = _model(class_weights="official", over_clusters=6)
+    _fit_centroids(model, batch)
+    batch_weighted = model.compute_losses(batch)["loss"]  # no sizes reported yet: the batch's counts
+    sizes = {key: torch.arange(1.0, count + 1) for key, count in model.cluster_counts().items()}
+    model.set_cluster_sizes(sizes)
+    assert torch.equal(model.state_dict()["cluster_sizes_view2_over"], sizes["view2_over"])  # in checkpoints
+    features1, features2 = model.view_features(batch)
+    expected = sum(
+        picie_loss(features1, features2, model.centroids(f"view1{s}"), model.centroids(f"view2{s}"), 1.0, "official",
+                   "cosine", None, (sizes[f"view1{s}"], sizes[f"view2{s}"])).loss
+        for s in ("", "_over")
+    )
+    loss = model.compute_losses(batch)["loss"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(batch_weighted.item(), rel=1e-3)
+    balanced = _model(over_clusters=6)
+    balanced.load_state_dict(model.state_dict())
+    before = balanced.compute_losses(batch)["loss"]
+    balanced.set_cluster_sizes({key: value * 7 for key, value in sizes.items()})
+    assert balanced.compute_losses(batch)["loss"].item() == pytest.approx(before.item())  # per batch
+    with pytest.raises(ValueError, match="set_cluster_sizes expects the keys"):
+        model.set_cluster_sizes({"view1": sizes["view1"]})
+    with pytest.raises(ValueError, match="must be \\(4,\\)"):
+        model.set_cluster_sizes({**sizes, "view1": torch.ones(5)})
 
 
 def test_cluster_hooks_shapes_and_keys():
@@ -105,7 +134,7 @@ def test_epoch_labels_come_from_a_frozen_copy_taken_with_the_centroids():
     original = picie_module.picie_loss
 
     def spy(*args):
-        captured["labels"] = args[-1]
+        captured["labels"] = args[7]  # picie_loss(f1, f2, c1, c2, temperature, weights, logits, labels, sizes)
         return original(*args)
 
     picie_module.picie_loss = spy
