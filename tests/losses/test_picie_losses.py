@@ -46,14 +46,16 @@ def test_cluster_sizes_replace_the_batch_counts():
     labels = torch.tensor([[0, 0, 0, 2], [2, 0, 3, 3]])
     epoch_sizes = torch.tensor([10.0, 30.0, 20.0, 20.0, 20.0])
     assert cluster_weights(labels, 5, "official", epoch_sizes).tolist() == pytest.approx([0.1, 0.3, 0.2, 0.2, 0.2])
-    assert cluster_weights(labels, 5, "balanced", epoch_sizes).tolist() == pytest.approx([0.1, 1 / 30, 0.05, 0.05, 0.05])
+    balanced = cluster_weights(labels, 5, "balanced", epoch_sizes)
+    assert balanced.tolist() == pytest.approx([0.1, 1 / 30, 0.05, 0.05, 0.05])
     # all zeros (no clustering pass has reported sizes yet): the batch's counts
     assert cluster_weights(labels, 5, "official", torch.zeros(5)).tolist() == pytest.approx([0.5, 0.0, 0.25, 0.25, 0.0])
     with pytest.raises(ValueError, match=r"sizes must have shape \(5,\)"):
         cluster_weights(labels, 5, "official", torch.ones(4))
     features1, features2, centroids = _features(20), _features(21), _centroids(22)
     sizes1, sizes2 = torch.tensor([5.0, 1.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0, 5.0])
-    out = picie_loss(features1, features2, centroids, centroids, class_weights="official", cluster_sizes=(sizes1, sizes2))
+    out = picie_loss(features1, features2, centroids, centroids, class_weights="official",
+                     cluster_sizes=(sizes1, sizes2))
     y1, y2 = out.labels1, out.labels2
 
     def ce(features, target, sizes):
