@@ -11,21 +11,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["contrast_rows", "contrast_terms", "rows_product", "supervised_contrastive_loss"]
+__all__ = ["as_contrast_rows", "contrast_rows", "contrast_terms", "rows_product", "supervised_contrastive_loss"]
 
 
-def rows_product(left: Tensor, right: Tensor) -> Tensor:
-    """``left @ right`` in float32 at least, where ``right`` holds contrast rows in their storage precision.
+def as_contrast_rows(rows: Tensor, dtype: torch.dtype) -> Tensor:
+    """Contrast rows as the kernels use them: a bfloat16 memory as stored (see :func:`rows_product`), others in
+    ``dtype`` (the loss's float32 or float64)."""
+    return rows if rows.dtype == torch.bfloat16 else rows.to(dtype)
 
-    Float32 (or float64) rows give the exact product in the wider of the two dtypes. With bfloat16 rows (a
-    bfloat16 memory bank), ``left`` is rounded to bfloat16, the product runs on the bfloat16 units (tensor cores,
-    AMX) with float32 accumulation, and each result is rounded to bfloat16 (relative error at most ``2**-9``)
-    before it is returned as float32.
+
+def rows_product(left: Tensor, right: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``bias + left @ right`` in float32 at least, where ``right`` holds contrast rows in their storage precision.
+
+    Float32 (or float64) rows give the exact product in the wider of the two dtypes (one ``addmm`` with a bias).
+    With bfloat16 rows (a bfloat16 memory bank), ``left`` is rounded to bfloat16, the product runs on the bfloat16
+    units (tensor cores, AMX) with float32 accumulation, and each result is rounded to bfloat16 (relative error at
+    most ``2**-9``) before it is widened, in the same pass that adds ``bias``. ``bias`` broadcasts to the result.
     """
     if right.dtype == torch.bfloat16:
-        return (left.to(right.dtype) @ right).float()
+        product = left.to(right.dtype) @ right
+        return product.float() if bias is None else torch.add(bias, product)
     dtype = torch.promote_types(left.dtype, right.dtype)
-    return left.to(dtype) @ right.to(dtype)
+    left, right = left.to(dtype), right.to(dtype)
+    return left @ right if bias is None else torch.addmm(bias.to(dtype), left, right)
 
 
 def contrast_terms(
@@ -137,9 +145,7 @@ def contrast_rows(
                 positive.scatter_(1, self_index[:, None], False)
             negative = ~same & used
         dtype = torch.promote_types(features.dtype, torch.float32)  # float32, or float64 if given
-        other = None
-        if not symmetric:  # a bfloat16 memory is used as stored (rows_product)
-            other = contrast if contrast.dtype == torch.bfloat16 else contrast.to(dtype)
+        other = None if symmetric else as_contrast_rows(contrast, dtype)
         return _RowContrast.apply(
             features.to(dtype), other, positive, negative, temperature, temperature / base_temperature
         )

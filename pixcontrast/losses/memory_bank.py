@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixcontrast.distributed import all_gather_padded
-from pixcontrast.losses.contrast import contrast_terms, rows_product, supervised_contrastive_loss
+from pixcontrast.losses.contrast import as_contrast_rows, contrast_terms, rows_product, supervised_contrastive_loss
 from pixcontrast.losses.sampling import downsample_labels, gather_pixels, sample_per_class
 
 __all__ = ["PixelMemoryBank", "class_memory_contrastive_loss"]
@@ -320,7 +320,7 @@ class _ClassMemoryContrast(torch.autograd.Function):
         num_classes, rows, dim = memory.shape
         unfilled = torch.zeros(filled.shape, dtype=features.dtype, device=features.device)
         unfilled.masked_fill_(~filled, float("-inf"))
-        logits = rows_product(features * (1.0 / temperature), memory.view(-1, dim).T).add_(unfilled.view(1, -1))
+        logits = rows_product(features * (1.0 / temperature), memory.view(-1, dim).T, unfilled.view(1, -1))
         blocks = logits.view(num_anchors, num_classes, rows)
         anchor = torch.arange(num_anchors, device=features.device)
         known = (labels >= 0) & (labels < num_classes)  # anchors of other classes have negatives only
@@ -390,8 +390,7 @@ def class_memory_contrastive_loss(
     labels = anchor_labels.long().repeat_interleave(n_view)
     with torch.autocast(device_type=features.device.type, enabled=False):
         dtype = torch.promote_types(features.dtype, torch.float32)
-        if memory.dtype != torch.bfloat16:  # a bfloat16 bank is used as stored (see rows_product)
-            memory = memory.to(dtype)
         return _ClassMemoryContrast.apply(
-            features.to(dtype), labels, memory, filled.bool(), temperature, temperature / base_temperature
+            features.to(dtype), labels, as_contrast_rows(memory, dtype), filled.bool(), temperature,
+            temperature / base_temperature,
         )
