@@ -5,7 +5,10 @@ round, so no variant always runs first), median of --repeats, in wall-clock seco
 robust figure on a shared machine, best with ``--threads 1``).
 The contrastive variants run twice: projecting only the sampled pixels (the default) and projecting the whole
 feature map first (``project_sampled_pixels=False``, the reference code's way), both against CE only; the memory
-variant runs once more with its bank in bfloat16 (``memory_dtype="bfloat16"``).
+variant runs once more with its bank in bfloat16 (``memory_dtype="bfloat16"``). Separate modules differ by more than
+their term (each conv's speed depends on where its tensors landed in memory: +-10% between identical modules here),
+so the sampled-pixel variants also run with their term idle, as in their warm-up: ``*_term_overhead`` is the term's
+cost within the same module, against the same module's CE step.
 CPU (default): HRNet-W18-small and DeepLabV3-ResNet18 at 512 x 512, batch 2. With CUDA: HRNet-W48 at
 1024 x 512, batch 8, bf16 autocast. Memory banks are filled before timing (steady state). Prints one JSON line.
 
@@ -83,23 +86,43 @@ def time_step(
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
+IDLE_TERM = ("contrast", "contrast_memory", "contrast_memory_bf16")  # also timed with their term idle
+
+
+@contextlib.contextmanager
+def term_idle(module: SegmentationModule, idle: bool):
+    """The module's contrast term idle (as during its warm-up) inside the block when ``idle``."""
+    if not idle:
+        yield
+        return
+    warmup = module.contrast.warmup_steps
+    module.contrast.warmup_steps = module.global_step + 1
+    try:
+        yield
+    finally:
+        module.contrast.warmup_steps = warmup
+
+
 def bench_model(name: str, encoder: str, head: str, shape: tuple[int, int, int], repeats: int, device, autocast) -> dict:
     variants = build_variants(encoder, head, device)
     optimizers = {key: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for key, m in variants.items()}
     batch = make_batch(*shape, device)
-    times: dict[str, list[tuple[float, float]]] = {key: [] for key in variants}
-    for key, module in variants.items():  # warm-up
-        time_step(module, optimizers[key], batch, autocast)
-    order = list(variants)
+    runs = [(key, False) for key in variants] + [(key, True) for key in IDLE_TERM]
+    times: dict[str, list[tuple[float, float]]] = {key + "_idle" * idle: [] for key, idle in runs}
+    for key, idle in runs:  # warm-up
+        with term_idle(variants[key], idle):
+            time_step(variants[key], optimizers[key], batch, autocast)
     for repeat in range(repeats):
-        shift = repeat % len(order)
-        for key in order[shift:] + order[:shift]:
-            times[key].append(time_step(variants[key], optimizers[key], batch, autocast))
+        shift = repeat % len(runs)
+        for key, idle in runs[shift:] + runs[:shift]:
+            with term_idle(variants[key], idle):
+                times[key + "_idle" * idle].append(time_step(variants[key], optimizers[key], batch, autocast))
     wall = {key: statistics.median(t for t, _ in values) for key, values in times.items()}
     cpu = {key: statistics.median(c for _, c in values) for key, values in times.items()}
     print(f"{name}: " + ", ".join(f"{k} {wall[k]:.3f}s (cpu {cpu[k]:.3f}s)" for k in wall), file=sys.stderr)
     pairs = (("contrast", "contrast"), ("memory", "contrast_memory"), ("memory_bf16", "contrast_memory_bf16"),
              ("contrast_full_map", "contrast_full_map"), ("memory_full_map", "contrast_memory_full_map"))
+    idle_pairs = [(label, key) for label, key in pairs if key in IDLE_TERM]
     return {
         "model": name,
         "batch": list(shape),
@@ -107,6 +130,8 @@ def bench_model(name: str, encoder: str, head: str, shape: tuple[int, int, int],
         "step_cpu_s": {key: round(value, 4) for key, value in cpu.items()},
         **{f"{label}_overhead": round(wall[key] / wall["ce_only"] - 1, 4) for label, key in pairs},
         **{f"{label}_cpu_overhead": round(cpu[key] / cpu["ce_only"] - 1, 4) for label, key in pairs},
+        **{f"{label}_term_overhead": round(wall[key] / wall[key + "_idle"] - 1, 4) for label, key in idle_pairs},
+        **{f"{label}_term_cpu_overhead": round(cpu[key] / cpu[key + "_idle"] - 1, 4) for label, key in idle_pairs},
     }
 
 
