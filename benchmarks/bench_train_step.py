@@ -6,9 +6,9 @@ robust figure on a shared machine, best with ``--threads 1``).
 The contrastive variants run twice: projecting only the sampled pixels (the default) and projecting the whole
 feature map first (``project_sampled_pixels=False``, the reference code's way), both against CE only; the memory
 variant runs once more with its bank in bfloat16 (``memory_dtype="bfloat16"``). Separate modules differ by more than
-their term (each conv's speed depends on where its tensors landed in memory: up to 3% of the step between
-identical modules here), the sampled-pixel variants also run with their term idle, as in their warm-up: ``*_term_overhead`` is the
-term's cost within the same module, against the same module's CE step.
+their term (each conv's speed depends on where its tensors landed in memory: up to 3% of the step between identical
+modules here), so the sampled-pixel variants also run with their term idle, as in their warm-up:
+``*_term_overhead`` is the term's cost within the same module, against the same module's CE step.
 CPU (default): HRNet-W18-small and DeepLabV3-ResNet18 at 512 x 512, batch 2. With CUDA: HRNet-W48 at
 1024 x 512, batch 8, bf16 autocast. Memory banks are filled before timing (steady state). Prints one JSON line.
 
