@@ -9,10 +9,12 @@ variant runs once more with its bank in bfloat16 (``memory_dtype="bfloat16"``). 
 their term (each conv's speed depends on where its tensors landed in memory: up to 3% of the step between identical
 modules here), so the sampled-pixel variants also run with their term idle, as in their warm-up:
 ``*_term_overhead`` is the term's cost within the same module, against the same module's CE step.
-CPU (default): HRNet-W18-small and DeepLabV3-ResNet18 at 512 x 512, batch 2. With CUDA: HRNet-W48 at
-1024 x 512, batch 8, bf16 autocast. Memory banks are filled before timing (steady state). Prints one JSON line.
+CPU (default): HRNet-W18-small and DeepLabV3-ResNet18 at 512 x 512, batch 2 (``--size 512 1024``: the papers'
+Cityscapes crop, batch 2 as on each of their GPUs). With CUDA: HRNet-W48 at 1024 x 512, batch 8, bf16 autocast.
+Memory banks are filled before timing (steady state). Prints one JSON line.
 
-    python benchmarks/bench_train_step.py [--repeats 5] [--quick] [--only hrnet_w18_small] [--matmul-precision medium]
+    python benchmarks/bench_train_step.py [--repeats 5] [--quick] [--only hrnet_w18_small] [--size 512 1024]
+        [--matmul-precision medium]
 """
 
 from __future__ import annotations
@@ -142,6 +144,10 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="run only the model of this name (e.g. hrnet_w18_small)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     parser.add_argument(
+        "--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+        help="CPU input height and width (default 512 512; 256 256 with --quick)",
+    )
+    parser.add_argument(
         "--matmul-precision", default="highest", choices=("highest", "high", "medium"),
         help="torch.set_float32_matmul_precision for the float32 products (the loss computes in float32): "
         "'high' = TF32 on CUDA, 'medium' = bfloat16 products (also on CPUs with AMX)",
@@ -159,10 +165,10 @@ def main() -> None:
             return torch.autocast("cuda", dtype=torch.bfloat16)
     else:
         device = torch.device("cpu")
-        side = 256 if args.quick else 512
+        height, width = args.size or ((256, 256) if args.quick else (512, 512))
         runs = [
-            ("hrnet_w18_small", "hrnet_w18_small", "fcn", (2, side, side)),
-            ("deeplabv3_resnet18", "resnet18", "aspp", (2, side, side)),
+            ("hrnet_w18_small", "hrnet_w18_small", "fcn", (2, height, width)),
+            ("deeplabv3_resnet18", "resnet18", "aspp", (2, height, width)),
         ]
         autocast = contextlib.nullcontext
     runs = [run for run in runs if args.only in (None, run[0])]

@@ -314,6 +314,32 @@ def test_anchor_pixels_index_the_sampled_embeddings():
     assert (labels.flatten(1)[image[:, None], pixel] == anchor_labels[:, None]).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_gather_pixels_gradient_sums_repeated_pixels(dtype):
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randn(3, 5, 4, 6, generator=generator).to(dtype).requires_grad_()
+    image = torch.tensor([[0], [2], [1]])
+    pixel = torch.tensor([[3, 7, 3, 3], [7, 7, 23, 0], [0, 5, 9, 0]])  # repeats within and across rows
+    weights = torch.randn(3, 4, 5, generator=generator).to(dtype)
+    (gather_pixels(maps, image, pixel) * weights).sum().backward()
+    expected = torch.zeros(3, 5, 24, dtype=torch.float64)
+    expected.index_put_((image[..., None], torch.arange(5), pixel[..., None]), weights.double(), accumulate=True)
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-6
+    torch.testing.assert_close(maps.grad.double(), expected.view(3, 5, 4, 6), rtol=tolerance, atol=tolerance)
+    assert (maps.grad.flatten(2)[0, :, [0, 1, 2, 4, 5, 6]] == 0).all()  # pixels never gathered get zero
+
+
+def test_gather_pixels_gradient_equals_indexing_autograd():
+    generator = torch.Generator().manual_seed(1)
+    maps = torch.randn(2, 7, 5, 5, generator=generator, requires_grad=True)
+    image = torch.tensor([0, 1, 1, 0, 1, 0])
+    pixel = torch.tensor([4, 9, 24, 4, 9, 0])  # each pixel at most twice, as anchors + bank pixels
+    weights = torch.randn(6, 7, generator=generator)
+    (gather_pixels(maps, image, pixel) * weights).sum().backward()
+    reference = maps.detach().clone().requires_grad_()
+    (reference.flatten(2)[image, :, pixel] * weights).sum().backward()
+    assert torch.equal(maps.grad, reference.grad)
+
 def linear_projection(channels: int, dim: int):
     weight = torch.randn(dim, channels, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     return lambda rows: F.normalize(rows @ weight.T, dim=-1), weight
