@@ -8,7 +8,9 @@ feature map first (``project_sampled_pixels=False``, the reference code's way), 
 variant runs once more with its bank in bfloat16 (``memory_dtype="bfloat16"``). Separate modules differ by more than
 their term (each conv's speed depends on where its tensors landed in memory: up to 3% of the step between identical
 modules here), so the sampled-pixel variants also run with their term idle, as in their warm-up:
-``*_term_overhead`` is the term's cost within the same module, against the same module's CE step.
+``*_term_overhead`` is the term's cost within the same module, against the same module's CE step. The steadiest
+figure is the term alone (``term_alone_ms``: forward + backward of ``module.contrast`` on one step's detached
+features, variants interleaved, median) and its share of the CE-only step (``*_term_alone_share``).
 CPU (default): HRNet-W18-small and DeepLabV3-ResNet18 at 512 x 512, batch 2 (``--size 512 1024``: the papers'
 Cityscapes crop, batch 2 as on each of their GPUs). With CUDA: HRNet-W48 at 1024 x 512, batch 8, bf16 autocast.
 Memory banks are filled before timing (steady state). Prints one JSON line.
@@ -91,6 +93,25 @@ def time_step(
 IDLE_TERM = ("contrast", "contrast_memory", "contrast_memory_bf16")  # also timed with their term idle
 
 
+def term_inputs(module: ContrastiveSegmenter, batch: dict, autocast) -> dict[str, torch.Tensor]:
+    """What the module's contrast term sees in a step, detached: features (a leaf with gradient), masks, logits."""
+    with torch.no_grad(), autocast():
+        inputs = module.contrast_inputs(batch, module.model.forward_train(batch["image"]))
+    return {**inputs, "features": inputs["features"].detach().requires_grad_()}
+
+
+def time_term(module: ContrastiveSegmenter, inputs: dict[str, torch.Tensor], autocast) -> float:
+    """Wall-clock seconds of the contrast term alone, forward + backward, on the inputs of a step."""
+    synchronize(inputs["features"].device)
+    start = time.perf_counter()
+    with autocast():
+        loss = module.contrast(inputs["features"], inputs["masks"], inputs["logits"], module.global_step)
+    loss.backward()
+    synchronize(inputs["features"].device)
+    inputs["features"].grad = None
+    return time.perf_counter() - start
+
+
 @contextlib.contextmanager
 def term_idle(module: SegmentationModule, idle: bool):
     """The module's contrast term idle (as during its warm-up) inside the block when ``idle``."""
@@ -119,6 +140,13 @@ def bench_model(name: str, encoder: str, head: str, shape: tuple[int, int, int],
         for key, idle in runs[shift:] + runs[:shift]:
             with term_idle(variants[key], idle):
                 times[key + "_idle" * idle].append(time_step(variants[key], optimizers[key], batch, autocast))
+    inputs = term_inputs(variants["contrast"], batch, autocast)  # the same features for every term
+    term_times: dict[str, list[float]] = {key: [] for key in IDLE_TERM}
+    for repeat in range(repeats + 1):  # the first round warms up
+        for key in IDLE_TERM[repeat % len(IDLE_TERM):] + IDLE_TERM[: repeat % len(IDLE_TERM)]:
+            elapsed = time_term(variants[key], inputs, autocast)
+            if repeat:
+                term_times[key].append(elapsed)
     wall = {key: statistics.median(t for t, _ in values) for key, values in times.items()}
     cpu = {key: statistics.median(c for _, c in values) for key, values in times.items()}
     print(f"{name}: " + ", ".join(f"{k} {wall[k]:.3f}s (cpu {cpu[k]:.3f}s)" for k in wall), file=sys.stderr)
@@ -134,6 +162,11 @@ def bench_model(name: str, encoder: str, head: str, shape: tuple[int, int, int],
         **{f"{label}_cpu_overhead": round(cpu[key] / cpu["ce_only"] - 1, 4) for label, key in pairs},
         **{f"{label}_term_overhead": round(wall[key] / wall[key + "_idle"] - 1, 4) for label, key in idle_pairs},
         **{f"{label}_term_cpu_overhead": round(cpu[key] / cpu[key + "_idle"] - 1, 4) for label, key in idle_pairs},
+        "term_alone_ms": {key: round(1000 * statistics.median(values), 1) for key, values in term_times.items()},
+        **{
+            f"{label}_term_alone_share": round(statistics.median(term_times[key]) / wall["ce_only"], 4)
+            for label, key in idle_pairs
+        },
     }
 
 
