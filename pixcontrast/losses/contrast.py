@@ -26,7 +26,8 @@ def rows_product(left: Tensor, right: Tensor, bias: Tensor | None = None) -> Ten
     Float32 (or float64) rows give the exact product in the wider of the two dtypes (one ``addmm`` with a bias).
     With bfloat16 rows (a bfloat16 memory bank), ``left`` is rounded to bfloat16, the product runs on the bfloat16
     units (tensor cores, AMX) with float32 accumulation, and each result is rounded to bfloat16 (relative error at
-    most ``2**-9``) before it is widened, in the same pass that adds ``bias``. ``bias`` broadcasts to the result.
+    most ``2**-9``) before it is widened to float32, where ``bias`` is added in place. ``bias`` broadcasts to the
+    result.
     """
     if right.dtype == torch.bfloat16:
         product = (left.to(right.dtype) @ right).float()  # widen, then add in float32 (a mixed add is 3-5x slower)
