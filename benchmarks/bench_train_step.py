@@ -93,6 +93,12 @@ def time_step(
 IDLE_TERM = ("contrast", "contrast_memory", "contrast_memory_bf16")  # also timed with their term idle
 
 
+def rotated(items: tuple | list, shift: int) -> list:
+    """``items`` starting at ``shift % len(items)`` (so that no variant always runs first)."""
+    shift %= len(items)
+    return list(items[shift:]) + list(items[:shift])
+
+
 def term_inputs(module: ContrastiveSegmenter, batch: dict, autocast) -> dict[str, torch.Tensor]:
     """What the module's contrast term sees in a step, detached: features (a leaf with gradient), masks, logits."""
     with torch.no_grad(), autocast():
@@ -136,14 +142,13 @@ def bench_model(name: str, encoder: str, head: str, shape: tuple[int, int, int],
         with term_idle(variants[key], idle):
             time_step(variants[key], optimizers[key], batch, autocast)
     for repeat in range(repeats):
-        shift = repeat % len(runs)
-        for key, idle in runs[shift:] + runs[:shift]:
+        for key, idle in rotated(runs, repeat):
             with term_idle(variants[key], idle):
                 times[key + "_idle" * idle].append(time_step(variants[key], optimizers[key], batch, autocast))
     inputs = term_inputs(variants["contrast"], batch, autocast)  # the same features for every term
     term_times: dict[str, list[float]] = {key: [] for key in IDLE_TERM}
     for repeat in range(repeats + 1):  # the first round warms up
-        for key in IDLE_TERM[repeat % len(IDLE_TERM):] + IDLE_TERM[: repeat % len(IDLE_TERM)]:
+        for key in rotated(IDLE_TERM, repeat):
             elapsed = time_term(variants[key], inputs, autocast)
             if repeat:
                 term_times[key].append(elapsed)

@@ -191,14 +191,15 @@ class _GatherPixels(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         image, pixel = ctx.saved_tensors
         batch, channels, height, width = ctx.map_shape
-        keys, order = (image * (height * width) + pixel).flatten().sort()  # image and pixel broadcast to S
+        plane = height * width
+        keys, order = (image * plane + pixel).flatten().sort()  # image and pixel broadcast to S
         first = torch.ones_like(keys, dtype=torch.bool)
         first[1:] = keys[1:] != keys[:-1]
         group = first.cumsum(0) - 1  # rank of each sorted key among the distinct ones
         rows = grad.reshape(-1, channels)
-        summed = torch.zeros_like(rows).index_add_(0, group, rows[order])
-        grad_maps = grad.new_zeros(batch, channels, height * width)
-        grad_maps[keys // (height * width), :, keys % (height * width)] = summed[group]  # repeats write equal rows
+        summed = torch.zeros_like(rows).index_add_(0, torch.empty_like(group).scatter_(0, order, group), rows)
+        grad_maps = grad.new_zeros(batch, channels, plane)
+        grad_maps[keys // plane, :, keys % plane] = summed[group]  # repeats write equal rows
         return grad_maps.view(ctx.map_shape), None, None
 
 

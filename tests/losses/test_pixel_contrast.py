@@ -340,6 +340,7 @@ def test_gather_pixels_gradient_equals_indexing_autograd():
     (reference.flatten(2)[image, :, pixel] * weights).sum().backward()
     assert torch.equal(maps.grad, reference.grad)
 
+
 def linear_projection(channels: int, dim: int):
     weight = torch.randn(dim, channels, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     return lambda rows: F.normalize(rows @ weight.T, dim=-1), weight
