@@ -39,8 +39,9 @@ class CityscapesDataModule(BenchmarkDataModule):
             unsupervised training.
         train_transform / eval_transform: a callable ``f(image=..., mask=...) -> {"image", "mask"}`` (e.g. an
             ``albumentations.Compose``) replacing the built-in pipeline.
-        The loader options are those of :class:`~pixcontrast.data.base.SegmentationDataModule`. The test split
-        uses ``gtFine/test`` when present (the official test labels are placeholders) and is unlabelled otherwise.
+
+    The loader options are those of :class:`~pixcontrast.data.base.SegmentationDataModule`. The test split
+    uses ``gtFine/test`` when present (the official test labels are placeholders) and is unlabelled otherwise.
     """
 
     dataset_name = "Cityscapes"

@@ -54,8 +54,9 @@ class COCOStuffDataModule(BenchmarkDataModule):
         train_image_list / val_image_list: optional text files with one image id per line restricting the
             split (e.g. the curated unsupervised subset written by
             ``pixcontrast prepare coco-stuff --root ROOT --curate``); ids may omit the zero padding.
-        Everything else as :class:`~pixcontrast.data.cityscapes.CityscapesDataModule`; sizes are (height, width).
-        Val/test images vary in size, hence ``eval_batch_size`` defaults to 1; set ``eval_crop`` to batch them.
+
+    Everything else as :class:`~pixcontrast.data.cityscapes.CityscapesDataModule`; sizes are (height, width).
+    Val/test images vary in size, hence ``eval_batch_size`` defaults to 1; set ``eval_crop`` to batch them.
     """
 
     dataset_name = "COCO-Stuff"

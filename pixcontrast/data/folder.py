@@ -80,8 +80,9 @@ class FolderSegmentationDataModule(FileSegmentationDataModule):
         val_images / val_masks: validation folders (relative to ``root`` or absolute).
         val_fraction: share of ``images`` used for validation without ``val_images``, in (0, 1).
         mask_suffix: file suffix of the masks.
-        The transform and loader options are those of
-        :class:`~pixcontrast.data.cityscapes.CityscapesDataModule`; sizes are (height, width).
+
+    The transform and loader options are those of
+    :class:`~pixcontrast.data.cityscapes.CityscapesDataModule`; sizes are (height, width).
     """
 
     dataset_name = "FolderSegmentationDataModule"

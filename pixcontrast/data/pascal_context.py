@@ -37,7 +37,8 @@ class PascalContextDataModule(BenchmarkDataModule):
 
     Args:
         root: the VOC2010 folder, or a folder holding ``VOCdevkit/VOC2010`` or ``VOC2010``.
-        Everything else as :class:`~pixcontrast.data.cityscapes.CityscapesDataModule`; sizes are (height, width).
+
+    Everything else as :class:`~pixcontrast.data.cityscapes.CityscapesDataModule`; sizes are (height, width).
     """
 
     dataset_name = "PASCAL-Context"
