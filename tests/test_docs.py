@@ -1,5 +1,5 @@
-"""The manual cannot drift from the code: its Python blocks run, its API pages cover every public name, and the
-configs it names exist."""
+"""The manual and the README cannot drift from the code: their Python blocks run, the API pages cover every public
+name, and the configs they name exist."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 PAGES = sorted(path for path in DOCS.rglob("*.md") if "_build" not in path.parts)
 FENCE = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
-# pages whose blocks train a model for an epoch or a step (a few seconds to half a minute each on 2 CPU cores)
-TRAINING_PAGES = {"getting_started.md", "contrastive_segmenter.md", "picie.md", "evaluation.md"}
 PACKAGES = ("modules", "losses", "models", "cluster", "metrics", "data", "callbacks", "inference", "export", "cli")
 
 
@@ -23,24 +21,23 @@ def python_blocks(page: Path) -> list[str]:
     return FENCE.findall(page.read_text())
 
 
-def page_param(page: Path):
-    marks = [pytest.mark.slow] if page.name in TRAINING_PAGES else []
-    return pytest.param(page, id=str(page.relative_to(DOCS)), marks=marks)
-
-
 def test_pages_hold_python_blocks():
     """The fence pattern finds the guide's code (a changed fence style would silently skip every block)."""
     assert sum(len(python_blocks(page)) for page in PAGES) >= 15
 
 
-@pytest.mark.parametrize("page", [page_param(page) for page in PAGES if python_blocks(page)])
+RUNNABLE = [page for page in [REPO / "README.md", *PAGES] if python_blocks(page)]
+
+
+@pytest.mark.parametrize("page", RUNNABLE, ids=[str(page.relative_to(REPO)) for page in RUNNABLE])
 def test_python_blocks_run(page, tmp_path, monkeypatch):
-    """Each page's blocks run in order in one namespace, in an empty folder, as a reader would paste them."""
+    """Each page's blocks run in order in one namespace, in an empty folder, as a reader would paste them
+    (the pages that train do so for one short epoch or step: a few seconds on 2 CPU cores)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     namespace: dict = {"__name__": "__docs__"}
     for index, block in enumerate(python_blocks(page)):
-        code = compile(block, f"{page.relative_to(DOCS)} block {index + 1}", "exec")
+        code = compile(block, f"{page.relative_to(REPO)} block {index + 1}", "exec")
         exec(code, namespace)
 
 
