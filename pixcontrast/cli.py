@@ -1,4 +1,4 @@
-"""The ``pixcontrast`` command: LightningCLI (fit/validate/test/predict) plus ``prepare`` and ``export``."""
+"""The ``pixcontrast`` command: LightningCLI (fit/validate/test/predict) plus ``configs``, ``prepare``, ``export``."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 import pixcontrast.data as data_package
 import pixcontrast.modules as module_package
+from pixcontrast.bundled_configs import UnknownConfigError, bundled_config, list_configs, resolve_config
 from pixcontrast.callbacks import RandomStateCheckpoint  # also registers our callbacks for class_path look-up
 
+CONFIG_FLAGS = ("-c", "--config")
 CHECKPOINT_DEFAULTS = {
     "checkpoint.monitor": "val/miou",
     "checkpoint.mode": "max",
@@ -31,6 +33,7 @@ def _description() -> str:
     return (
         "pixcontrast: supervised pixel contrast and PiCIE for semantic segmentation.\n"
         f"Modules (--model): {modules}.\nDatamodules (--data): {datamodules}.\n"
+        "--config takes a file or the name of a bundled config: 'pixcontrast configs' lists them.\n"
         "Also: 'pixcontrast prepare <dataset> --help' (dataset conversion) and "
         "'pixcontrast export --help' (ONNX / TorchScript export of a checkpoint)."
     )
@@ -56,6 +59,15 @@ class PixContrastCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse as LightningCLI does, after :func:`resolve_config_args` (``None``: the process's command line,
+        rewritten in place so that a relaunched process, e.g. a DDP worker, reads the same files)."""
+        if args is None:
+            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+        elif isinstance(args, Sequence):
+            args = resolve_config_args(args)
+        super().parse_arguments(parser, args)
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Drop the always-on callbacks that the trainer settings switch off: no progress bar, no logger to monitor.
         if config.get("enable_progress_bar") is False:
@@ -70,6 +82,19 @@ class PixContrastCLI(LightningCLI):
             if unlabelled and callback.monitor == CHECKPOINT_DEFAULTS["checkpoint.monitor"]:
                 callback.monitor, callback.filename = None, "epoch{epoch:03d}"  # no labels, no val/miou to rank by
         return trainer
+
+
+def resolve_config_args(args: Sequence[str]) -> list[str]:
+    """``args`` with the value of every ``-c``/``--config`` flag resolved by :func:`resolve_config` (a bundled
+    config's name becomes its file)."""
+    resolved = list(args)
+    for index, arg in enumerate(resolved):
+        flag, equals, value = arg.partition("=")
+        if flag in CONFIG_FLAGS and equals:
+            resolved[index] = f"{flag}={resolve_config(value)}"
+        elif index and resolved[index - 1] in CONFIG_FLAGS:
+            resolved[index] = resolve_config(arg)
+    return resolved
 
 
 def run_lightning(args: Sequence[str] | None = None) -> PixContrastCLI:
@@ -117,6 +142,27 @@ def run_export(args: Sequence[str]) -> int:
     return 0
 
 
+def run_configs(args: Sequence[str]) -> int:
+    """``pixcontrast configs [list | show NAME]``: list the bundled configs or print one's YAML."""
+    parser = argparse.ArgumentParser(
+        prog="pixcontrast configs",
+        description="The configs shipped with pixcontrast. 'pixcontrast fit --config NAME' runs one by its name; "
+        "to start one of your own: pixcontrast configs show synthetic_contrast > my.yaml",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="{list,show}")
+    actions.add_parser("list", help="the names with a one-line description (the default)")
+    actions.add_parser("show", help="print the YAML of a config").add_argument("name", help="e.g. synthetic_contrast")
+    options = parser.parse_args(list(args))
+    if options.action == "show":
+        sys.stdout.write(bundled_config(options.name).read_text(encoding="utf-8"))
+        return 0
+    configs = list_configs()
+    width = max(map(len, configs))
+    for name, description in configs.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
 def run_prepare(args: Sequence[str]) -> int:
     """``pixcontrast prepare <dataset>``: convert an official dataset download; returns the exit status."""
     from pixcontrast.data.prepare import main as prepare_main
@@ -124,15 +170,24 @@ def run_prepare(args: Sequence[str]) -> int:
     return prepare_main(list(args))
 
 
-EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"export": run_export, "prepare": run_prepare}
+EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "configs": run_configs,
+    "export": run_export,
+    "prepare": run_prepare,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``pixcontrast`` console script and ``python -m pixcontrast``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in EXTRA_COMMANDS:
-        status = EXTRA_COMMANDS[args[0]](args[1:])
-        if status:
-            raise SystemExit(status)
-        return
-    run_lightning(None if argv is None else args)
+    try:
+        if args and args[0] in EXTRA_COMMANDS:
+            status = EXTRA_COMMANDS[args[0]](args[1:])
+        else:
+            run_lightning(None if argv is None else args)
+            status = 0
+    except UnknownConfigError as error:  # a --config or `configs show` name that is no bundled config
+        print(f"error: {error}", file=sys.stderr)
+        status = 2
+    if status:
+        raise SystemExit(status)
