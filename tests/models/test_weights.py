@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 import timm
@@ -144,14 +143,11 @@ def test_checkpoint_of_another_encoder_is_a_clear_error(tmp_path):
 
 
 def test_missing_run_checkpoint_names_the_command_that_writes_it(tmp_path, monkeypatch):
+    from pixcontrast.bundled_configs import CONFIG_DIR
     from pixcontrast.models.run_files import find_writing_config
 
-    repo = Path(__file__).resolve().parents[2]
-    configs = tmp_path / "examples" / "configs"
-    configs.mkdir(parents=True)
-    shutil.copy(repo / "examples" / "configs" / "synthetic_pretrain.yaml", configs)
-    monkeypatch.chdir(tmp_path)
-    expected = "pixcontrast fit --config examples/configs/synthetic_pretrain.yaml"
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the bundled config is named
+    expected = "pixcontrast fit --config synthetic_pretrain`"
     with pytest.raises(FileNotFoundError, match=re.escape(expected)):
         build_encoder(TINY, weights_path="runs/synthetic_pretrain/checkpoints/last.ckpt")
     with pytest.raises(FileNotFoundError, match="default_root_dir=runs/elsewhere"):
@@ -159,6 +155,14 @@ def test_missing_run_checkpoint_names_the_command_that_writes_it(tmp_path, monke
     with pytest.raises(FileNotFoundError, match=r"'weights.pth' does not exist or is not a file$"):
         build_encoder(TINY, weights_path="weights.pth")
     # the demo's PiCIE config starts from the checkpoint the pretraining config writes
-    picie = yaml.safe_load((repo / "examples" / "configs" / "synthetic_picie.yaml").read_text())
+    picie = yaml.safe_load((CONFIG_DIR / "synthetic_picie.yaml").read_text())
     weights = picie["model"]["init_args"]["weights_path"]
-    assert find_writing_config(weights, cwd=repo) == Path("examples/configs/synthetic_pretrain.yaml")
+    assert find_writing_config(weights, cwd=tmp_path) == "synthetic_pretrain"
+    # a config of one's own in configs/ is named by its path, before the bundled ones
+    (tmp_path / "configs").mkdir()
+    mine = (CONFIG_DIR / "synthetic_pretrain.yaml").read_text().replace("runs/synthetic_pretrain", "runs/mine")
+    (tmp_path / "configs" / "mine.yaml").write_text(mine)
+    shutil.copy(CONFIG_DIR / "synthetic_pretrain.yaml", tmp_path / "configs" / "pretrain_copy.yaml")
+    with pytest.raises(FileNotFoundError, match=re.escape("pixcontrast fit --config configs/mine.yaml`")):
+        build_encoder(TINY, weights_path="runs/mine/checkpoints/last.ckpt")
+    assert find_writing_config("runs/synthetic_pretrain/checkpoints/last.ckpt") == "configs/pretrain_copy.yaml"
