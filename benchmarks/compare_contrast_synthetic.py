@@ -21,9 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-CONFIGS = Path(__file__).parents[1] / "examples" / "configs"
-
-
 def val_miou_series(run_dir: Path) -> list[float]:
     """The val/miou values logged to TensorBoard in ``run_dir``, in step order."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -35,10 +32,10 @@ def val_miou_series(run_dir: Path) -> list[float]:
 
 
 def run(config: str, seed: int, workdir: Path, extra: list[str]) -> dict:
-    """One fit of ``config`` (a config name, optionally followed by its own overrides) with ``seed``."""
+    """One fit of ``config`` (a bundled config's name or a file, then optionally its own overrides) with ``seed``."""
     name, *overrides = config.split()
     run_dir = workdir / f"{'_'.join(config.split()).replace('/', '_')}_seed{seed}"
-    command = [sys.executable, "-m", "pixcontrast", "fit", "--config", str(CONFIGS / f"{name}.yaml"),
+    command = [sys.executable, "-m", "pixcontrast", "fit", "--config", name,
                f"--seed_everything={seed}", f"--data.init_args.seed={seed}",
                f"--trainer.default_root_dir={run_dir}", "--trainer.enable_progress_bar=false", *overrides, *extra]
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """PiCIE side by side: the official training procedure vs ours, on the same embedded data, with ablations.
 
-    pixcontrast fit --config examples/configs/synthetic_pretrain.yaml        # once: the pretrained encoder
+    pixcontrast fit --config synthetic_pretrain        # once: the pretrained encoder
     python benchmarks/compare_picie_official.py --official /path/to/PiCIE [--seeds 0 1 2]
 
 ``--official`` is a checkout of https://github.com/janghyuncho/PiCIE. Nothing of it is part of this project: it is
@@ -278,7 +278,7 @@ def main() -> None:
     weights = config["model"]["init_args"].get("weights_path")
     if weights and not Path(weights).is_file():
         raise SystemExit(f"{weights} does not exist: run `pixcontrast fit --config "
-                         "examples/configs/synthetic_pretrain.yaml` first")
+                         "synthetic_pretrain` first")
     official = import_official(args.official)
     # the official k-means initialises on its first batches; use as many as our KMeansRefresh clusters
     refresh = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("KMeansRefresh"))

@@ -1,16 +1,17 @@
 """Train the synthetic demos with SegmentationVisualizer switched on and copy the last pictures into docs/.
 
-    pixcontrast fit --config examples/configs/synthetic_pretrain.yaml   # once: the PiCIE demo's encoder
+    pixcontrast fit --config synthetic_pretrain   # once: the PiCIE demo's encoder
     python examples/make_docs_figures.py                      # the contrastive and PiCIE demos
-    python examples/make_docs_figures.py --demo picie=examples/configs/synthetic_picie.yaml   # PiCIE only
+    python examples/make_docs_figures.py --demo picie=synthetic_picie   # PiCIE only
     python examples/make_docs_figures.py --max-epochs 1 \\
-        --demo baseline=examples/configs/synthetic_baseline.yaml -- --data.num_train=64
+        --demo baseline=synthetic_baseline -- --data.num_train=64
 
 Arguments after ``--`` go to every ``pixcontrast fit`` call.
 
-Each demo runs ``pixcontrast fit --config <yaml>`` with the visualizer appended to the trainer's callbacks and
-writes ``docs/synthetic_scenes.png`` (a preview of the data), ``docs/<name>_segmentation_grid.png``, ``docs/<name>_confusion_matrix.png`` and
-``docs/<name>_embeddings.png`` (when the module returns embeddings), quantised to 256 colours to stay small.
+Each demo runs ``pixcontrast fit --config <config>`` (a bundled config's name or a file) with the visualizer
+appended to the trainer's callbacks and writes ``docs/synthetic_scenes.png`` (a preview of the data),
+``docs/<name>_segmentation_grid.png``, ``docs/<name>_confusion_matrix.png`` and ``docs/<name>_embeddings.png``
+(when the module returns embeddings), quantised to 256 colours to stay small.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from pixcontrast.visualization_utils import legend_strip, overlay
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMOS = {
-    "contrast": "examples/configs/synthetic_contrast.yaml",
-    "picie": "examples/configs/synthetic_picie.yaml",
+    "contrast": "synthetic_contrast",
+    "picie": "synthetic_picie",
 }
 PICTURES = ("segmentation_grid", "confusion_matrix", "embeddings")
 
@@ -41,7 +42,7 @@ def run_demo(
     """Fit one demo with the visualizer and copy its last pictures to ``docs``; returns the written files."""
     pictures = workdir / name
     command = [
-        sys.executable, "-m", "pixcontrast", "fit", "--config", str(ROOT / config),
+        sys.executable, "-m", "pixcontrast", "fit", "--config", config,
         "--trainer.default_root_dir", str(workdir / f"{name}_run"),
         "--trainer.callbacks+=pixcontrast.callbacks.visualization.SegmentationVisualizer",
         "--trainer.callbacks.num_images=3",

@@ -1,6 +1,6 @@
 """The PiCIE demo table: PiCIE against its starting points and baselines, over several seeds (val mIoU).
 
-    pixcontrast fit --config examples/configs/synthetic_pretrain.yaml   # once: the pretrained encoder
+    pixcontrast fit --config synthetic_pretrain   # once: the pretrained encoder
     python examples/picie_baselines.py --seeds 0 1 2
 
 The paper's protocol on the synthetic scenes: PiCIE starts from an encoder pretrained with labels on another task
@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from pixcontrast.bundled_configs import bundled_config
 from pixcontrast.cluster import KMeans
 from pixcontrast.data.base import IMAGENET_MEAN, IMAGENET_STD
 from pixcontrast.data.picie_views import PiCIEDataModule
@@ -44,7 +45,7 @@ from pixcontrast.data.synthetic import SyntheticScenesDataModule
 from pixcontrast.metrics import HungarianMatchedSegmentation
 from pixcontrast.models.fpn import PiCIENetwork
 
-CONFIG = Path(__file__).resolve().parent / "configs" / "synthetic_picie.yaml"
+CONFIG = bundled_config("synthetic_picie")
 MAX_CLUSTER_POINTS = 200_000
 ROWS = ("raw colours", "pretrained encoder + k-means", "PiCIE", "PiCIE from random weights", "PiCIE+H",
         "PiCIE+H, over-clustering head")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pixcontrast.bundled_configs import CONFIG_DIR
+
 pytestmark = [pytest.mark.slow]
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
@@ -35,11 +37,11 @@ def test_picie_baselines_score_the_starting_points(tmp_path):
     sys.path.insert(0, str(EXAMPLES))
     import picie_baselines
 
-    config = yaml.safe_load((EXAMPLES / "configs" / "synthetic_picie.yaml").read_text())
+    config = yaml.safe_load((CONFIG_DIR / "synthetic_picie.yaml").read_text())
     config["data"]["init_args"]["datamodule"]["init_args"].update(num_train=8, num_val=4, batch_size=4)
     config["data"]["init_args"].update(view_size=32, input_size=32, eval_size=32)
     config["model"]["init_args"]["weights_path"] = None
-    rows = picie_baselines.measure_seed(EXAMPLES / "configs" / "synthetic_picie.yaml", config, 0, 16, skip_picie=True)
+    rows = picie_baselines.measure_seed(CONFIG_DIR / "synthetic_picie.yaml", config, 0, 16, skip_picie=True)
     assert set(rows) == {"raw colours", "pretrained encoder + k-means"}
     for values in rows.values():
         assert 0.0 < values["miou"] <= 1.0 and 0.0 < values["pixel_accuracy"] <= 1.0

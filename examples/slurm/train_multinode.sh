@@ -1,10 +1,11 @@
 #!/bin/bash
 # Multi-node DDP training with SLURM: one task per GPU; Lightning reads the ranks from the SLURM variables.
 #
-#   sbatch examples/slurm/train_multinode.sh examples/configs/cityscapes_ocr_hrnet_w48_contrast_mem.yaml
-#   sbatch --nodes=4 examples/slurm/train_multinode.sh CONFIG.yaml --data.init_args.batch_size=1
+#   sbatch examples/slurm/train_multinode.sh cityscapes_ocr_hrnet_w48_contrast_mem
+#   sbatch --nodes=4 examples/slurm/train_multinode.sh my_config.yaml --data.init_args.batch_size=1
 #
-# Arguments after the config go to `pixcontrast fit` unchanged. Batch size is per GPU: the global batch is
+# CONFIG is a bundled config's name (`pixcontrast configs` lists them) or a YAML file. Arguments after the config
+# go to `pixcontrast fit` unchanged. Batch size is per GPU: the global batch is
 # batch_size x GPUs per node x nodes, so divide the paper's batch size accordingly.
 # Restarts resume: a requeued job (time limit, preemption) continues from the checkpoint that Lightning writes
 # on SIGUSR1 (hpc_ckpt_*.ckpt in RUN_DIR); a job started again by hand continues from last.ckpt.
@@ -21,7 +22,7 @@
 
 set -euo pipefail
 
-CONFIG=${1:?usage: sbatch train_multinode.sh CONFIG.yaml [pixcontrast fit arguments]}
+CONFIG=${1:?usage: sbatch train_multinode.sh CONFIG [pixcontrast fit arguments]}
 shift
 RUN_DIR=${RUN_DIR:-runs/${SLURM_JOB_NAME:-pixcontrast}}
 mkdir -p "$RUN_DIR/checkpoints" "$RUN_DIR/tmp"

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 
+from pixcontrast.bundled_configs import CONFIG_DIR
 from pixcontrast.cli import main, run_lightning
-
-CONFIGS = Path(__file__).parents[2] / "examples" / "configs"
 
 
 def test_help_lists_modules_datamodules_and_extra_commands(capsys):
@@ -27,7 +25,7 @@ def test_help_lists_modules_datamodules_and_extra_commands(capsys):
 
 def test_print_config_applies_dotted_overrides(capsys):
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(CONFIGS / "synthetic_contrast.yaml"), "--trainer.max_epochs=2",
+        main(["fit", "--config", str(CONFIG_DIR / "synthetic_contrast.yaml"), "--trainer.max_epochs=2",
               "--model.init_args.lr=0.5", "--print_config"])
     text = capsys.readouterr().out
     assert "max_epochs: 2" in text and "lr: 0.5" in text and "pixcontrast.modules.ContrastiveSegmenter" in text
@@ -35,14 +33,14 @@ def test_print_config_applies_dotted_overrides(capsys):
 
 def test_unknown_class_path_fails_with_lightning_cli_message(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(CONFIGS / "synthetic_baseline.yaml"),
+        main(["fit", "--config", str(CONFIG_DIR / "synthetic_baseline.yaml"),
               "--model=pixcontrast.modules.NoSuchModule"])
     assert exit_info.value.code != 0
     assert "NoSuchModule" in capsys.readouterr().err
 
 
 def test_misspelled_key_fails_with_lightning_cli_message(tmp_path, capsys):
-    config = (CONFIGS / "synthetic_baseline.yaml").read_text().replace("head_channels:", "head_chanels:")
+    config = (CONFIG_DIR / "synthetic_baseline.yaml").read_text().replace("head_channels:", "head_chanels:")
     path = tmp_path / "bad.yaml"
     path.write_text(config)
     with pytest.raises(SystemExit) as exit_info:
@@ -66,7 +64,7 @@ def test_python_dash_m_runs_the_same_command():
 )
 def test_trainer_switches_turn_off_the_default_callbacks(switch, dropped, kept, tmp_path):
     cli = run_lightning(
-        ["fit", "--config", str(CONFIGS / "synthetic_baseline.yaml"), switch, "--trainer.fast_dev_run=true",
+        ["fit", "--config", str(CONFIG_DIR / "synthetic_baseline.yaml"), switch, "--trainer.fast_dev_run=true",
          f"--trainer.default_root_dir={tmp_path}", "--data.init_args.num_workers=0",
          "--data.init_args.image_size=32", "--data.init_args.batch_size=2", "--model.init_args.head_channels=8"]
     )

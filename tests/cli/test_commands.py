@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from pixcontrast.bundled_configs import CONFIG_DIR
 from pixcontrast.cli import main
 from pixcontrast.models import Segmenter
-
-CONFIGS = Path(__file__).parents[2] / "examples" / "configs"
 
 TINY = [
     "--data.init_args.image_size=48",
@@ -30,7 +29,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("run")
-    main(["fit", "--config", str(CONFIGS / "synthetic_contrast.yaml"), f"--trainer.default_root_dir={root}", *TINY])
+    main(["fit", "--config", str(CONFIG_DIR / "synthetic_contrast.yaml"), f"--trainer.default_root_dir={root}", *TINY])
     return root
 
 
@@ -64,7 +63,7 @@ def test_export_torchscript_matches_forward_and_drops_the_projection_head(traine
 
 
 def test_predict_writes_label_maps_and_overlays(trained_run, tmp_path):
-    main(["predict", "--config", str(CONFIGS / "synthetic_contrast.yaml"), f"--trainer.default_root_dir={tmp_path}",
+    main(["predict", "--config", str(CONFIG_DIR / "synthetic_contrast.yaml"), f"--trainer.default_root_dir={tmp_path}",
           *TINY, "--trainer.callbacks+=pixcontrast.callbacks.SegmentationPredictionWriter",
           f"--trainer.callbacks.output_dir={tmp_path / 'predictions'}",
           f"--ckpt_path={last_checkpoint(trained_run)}"])

@@ -14,10 +14,11 @@ import torch
 import yaml
 from dataset_layouts import make_cityscapes, make_coco_stuff, make_folder, make_pascal_context
 
+from pixcontrast.bundled_configs import CONFIG_DIR
 from pixcontrast.cli import run_lightning
 from pixcontrast.data.prepare import prepare_pascal_context
 
-CONFIGS = sorted((Path(__file__).parents[2] / "examples" / "configs").glob("*.yaml"))
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 CPU = [
     "--trainer.fast_dev_run=true",
     "--trainer.accelerator=cpu",
@@ -106,7 +107,7 @@ def test_config_runs_with_fast_dev_run(config_path, tmp_path):
 def test_synthetic_contrast_trains_a_vit_named_on_the_command_line(tmp_path):
     from pixcontrast.models.backbones import ViTEncoder
 
-    config_path = CONFIGS[0].parent / "synthetic_contrast.yaml"
+    config_path = CONFIG_DIR / "synthetic_contrast.yaml"
     config = yaml.safe_load(config_path.read_text())
     cli = run_lightning(["fit", "--config", str(config_path), *overrides(config, tmp_path),
                          "--model.init_args.encoder=vit_tiny_patch16_224"])
@@ -117,16 +118,16 @@ def test_synthetic_contrast_trains_a_vit_named_on_the_command_line(tmp_path):
 
 def test_pretraining_hands_its_encoder_to_the_picie_demo(tmp_path):
     """synthetic_pretrain.yaml writes last.ckpt; synthetic_picie.yaml builds PiCIE's encoder from it."""
-    pretrain = yaml.safe_load((CONFIGS[0].parent / "synthetic_pretrain.yaml").read_text())
-    run_lightning(["fit", "--config", str(CONFIGS[0].parent / "synthetic_pretrain.yaml"),
+    pretrain = yaml.safe_load((CONFIG_DIR / "synthetic_pretrain.yaml").read_text())
+    run_lightning(["fit", "--config", str(CONFIG_DIR / "synthetic_pretrain.yaml"),
                    f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
                    "--trainer.limit_val_batches=1", "--trainer.logger=false", *CPU[1:],
                    "--data.init_args.batch_size=2", "--data.init_args.num_train=2", "--data.init_args.num_val=2"])
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
     state = torch.load(checkpoint, weights_only=True)["state_dict"]
-    picie = yaml.safe_load((CONFIGS[0].parent / "synthetic_picie.yaml").read_text())
+    picie = yaml.safe_load((CONFIG_DIR / "synthetic_picie.yaml").read_text())
     assert picie["model"]["init_args"]["encoder"] == pretrain["model"]["init_args"]["encoder"]
-    cli = run_lightning(["fit", "--config", str(CONFIGS[0].parent / "synthetic_picie.yaml"),
+    cli = run_lightning(["fit", "--config", str(CONFIG_DIR / "synthetic_picie.yaml"),
                          f"--model.init_args.weights_path={checkpoint}", "--trainer.max_steps=0",
                          f"--trainer.default_root_dir={tmp_path / 'picie'}", "--trainer.logger=false", *CPU[1:]])
     encoder = cli.model.network.encoder.model.state_dict()

@@ -10,10 +10,10 @@ import numpy as np
 from dataset_layouts import make_folder
 from PIL import Image
 
+from pixcontrast.bundled_configs import CONFIG_DIR
 from pixcontrast.cli import main, run_lightning
 from pixcontrast.data.folder import list_images
 
-CONFIGS = Path(__file__).parents[2] / "examples" / "configs"
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_model_summary=false",
        "--trainer.enable_progress_bar=false"]
 PICIE_DATA = "--data.init_args.datamodule.init_args"
@@ -38,7 +38,7 @@ def test_picie_trains_clusters_and_predicts_on_unlabelled_images(tmp_path: Path,
              "--data.init_args.eval_size=32", "--model.init_args.num_clusters=4", "--model.init_args.feature_dim=16",
              f"--trainer.default_root_dir={tmp_path / 'run'}", *CPU]
     with caplog.at_level(logging.INFO):
-        main(["fit", "--config", str(CONFIGS / "folder_picie.yaml"), "--trainer.max_epochs=1",
+        main(["fit", "--config", str(CONFIG_DIR / "folder_picie.yaml"), "--trainer.max_epochs=1",
               "--trainer.limit_train_batches=2", "--trainer.logger=false", *small])
     skipped = [r for r in caplog.records if "metrics (val/miou, ...) are skipped" in r.getMessage()]
     assert len(skipped) == 1
@@ -46,7 +46,7 @@ def test_picie_trains_clusters_and_predicts_on_unlabelled_images(tmp_path: Path,
     assert checkpoint.is_file() and list((tmp_path / "run" / "checkpoints").glob("epoch000.ckpt"))
 
     out = tmp_path / "predictions"
-    main(["predict", "--config", str(CONFIGS / "folder_picie.yaml"), f"--ckpt_path={checkpoint}",
+    main(["predict", "--config", str(CONFIG_DIR / "folder_picie.yaml"), f"--ckpt_path={checkpoint}",
           f"{PICIE_DATA}.val_images=images", "--trainer.callbacks+=pixcontrast.callbacks.SegmentationPredictionWriter",
           f"--trainer.callbacks.output_dir={out}", *small])
     names = [path.rsplit(".", 1)[0] for path in list_images(root / "images")]

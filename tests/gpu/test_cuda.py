@@ -188,7 +188,7 @@ def test_one_gpu_ddp_fit_through_the_command_uses_nccl(tmp_path: Path) -> None:
     pytest.importorskip("jsonargparse", reason="the pixcontrast command needs jsonargparse")
     probe = tmp_path / "backend.json"
     command = [
-        sys.executable, "-m", "pixcontrast", "fit", "--config", str(REPO / "examples/configs/synthetic_contrast.yaml"),
+        sys.executable, "-m", "pixcontrast", "fit", "--config", "synthetic_contrast",
         "--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.strategy=ddp", "--trainer.precision=bf16-mixed",
         "--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",

@@ -1,16 +1,13 @@
 """PiCIE module: cluster hooks, view alignment, training, evaluation and prediction."""
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 
+from pixcontrast.bundled_configs import CONFIG_DIR
 from pixcontrast.losses.picie import picie_loss
 from pixcontrast.modules.picie import PiCIE
-
-CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
 
 
 def _batch(batch_size: int = 2, size: int = 32, seed: int = 0) -> dict:
@@ -240,7 +237,7 @@ def test_batches_without_two_views_are_rejected():
 
 @pytest.mark.parametrize("name", ["synthetic_picie.yaml", "cocostuff27_picie.yaml", "cityscapes27_picie.yaml"])
 def test_configs_name_the_paper_settings(name):
-    config = yaml.safe_load((CONFIGS / name).read_text())
+    config = yaml.safe_load((CONFIG_DIR / name).read_text())
     model = config["model"]["init_args"]
     assert config["model"]["class_path"] == "pixcontrast.modules.PiCIE"
     assert config["data"]["class_path"] == "pixcontrast.data.PiCIEDataModule"
