@@ -1,4 +1,4 @@
-"""Train the synthetic demos with SegmentationVisualizer switched on and copy the last pictures into docs/.
+"""Train the synthetic demos with SegmentationVisualizer switched on and copy the last pictures into docs/images/.
 
     pixcontrast fit --config synthetic_pretrain   # once: the PiCIE demo's encoder
     python examples/make_docs_figures.py                      # the contrastive and PiCIE demos
@@ -9,8 +9,8 @@
 Arguments after ``--`` go to every ``pixcontrast fit`` call.
 
 Each demo runs ``pixcontrast fit --config <config>`` (a bundled config's name or a file) with the visualizer
-appended to the trainer's callbacks and writes ``docs/synthetic_scenes.png`` (a preview of the data),
-``docs/<name>_segmentation_grid.png``, ``docs/<name>_confusion_matrix.png`` and ``docs/<name>_embeddings.png``
+appended to the trainer's callbacks and writes ``docs/images/synthetic_scenes.png`` (a preview of the data),
+``docs/images/<name>_segmentation_grid.png``, ``<name>_confusion_matrix.png`` and ``<name>_embeddings.png``
 (when the module returns embeddings), quantised to 256 colours to stay small.
 """
 
@@ -65,7 +65,7 @@ def run_demo(
 
 
 def write_scene_preview(docs: Path, count: int = 6) -> Path:
-    """``docs/synthetic_scenes.png``: ``count`` validation scenes above their label overlays, with a legend."""
+    """``docs/images/synthetic_scenes.png``: ``count`` validation scenes above their label overlays, with a legend."""
     datamodule = SyntheticScenesDataModule(num_val=count)
     datamodule.setup("validate")
     samples = [datamodule.val_dataset.load_sample(i) for i in range(count)]
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--demo", action="append", metavar="NAME=CONFIG",
                         help="a demo to run (repeatable); default: " + ", ".join(f"{k}={v}" for k, v in DEMOS.items()))
     parser.add_argument("--max-epochs", type=int, default=None, help="override the configs' trainer.max_epochs")
-    parser.add_argument("--docs", default=str(ROOT / "docs"), help="output folder (default: docs/)")
+    parser.add_argument("--docs", default=str(ROOT / "docs" / "images"), help="output folder (default: docs/images/)")
     parser.add_argument("cli_args", nargs=argparse.REMAINDER, help="-- then arguments for pixcontrast fit")
     args = parser.parse_args()
     demos = dict(item.split("=", 1) for item in args.demo) if args.demo else DEMOS
