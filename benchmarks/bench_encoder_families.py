@@ -17,8 +17,8 @@ import statistics
 import sys
 
 import torch
-
 from bench_train_step import make_batch, time_step  # benchmarks/ is on sys.path when this script runs
+
 from pixcontrast.modules import ContrastiveSegmenter, SegmentationModule
 
 NUM_CLASSES = 19
@@ -78,16 +78,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     results = [bench_family(family, args.size, args.repeats) for family in families]
-    print(json.dumps({
-        "benchmark": "encoder_families_train_step",
-        "device": "cpu",
-        "threads": args.threads,
-        "batch": [2, args.size, args.size],
-        "repeats": args.repeats,
-        "loadavg_before": [round(v, 2) for v in load_before],
-        "loadavg_after": [round(v, 2) for v in os.getloadavg()],
-        "results": results,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "encoder_families_train_step",
+                "device": "cpu",
+                "threads": args.threads,
+                "batch": [2, args.size, args.size],
+                "repeats": args.repeats,
+                "loadavg_before": [round(v, 2) for v in load_before],
+                "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

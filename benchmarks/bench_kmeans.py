@@ -81,12 +81,13 @@ def cpu_section(n: int, d: int, ks: list[int], iters: int, repeats: int) -> dict
         x, init = make_data(n, d, k, "cpu")
         x_np, init_np = x.numpy(), init.numpy()
 
-        def run_torch() -> torch.Tensor:
+        def run_torch(k: int = k, x: torch.Tensor = x, init: torch.Tensor = init) -> torch.Tensor:
             return KMeans(k, max_iter=iters).fit(x, init_centroids=init).centroids
 
-        def run_faiss() -> torch.Tensor:
-            model = faiss.Kmeans(d, k, niter=iters, max_points_per_centroid=n // k + 1, min_points_per_centroid=1,
-                                 seed=0, verbose=False)
+        def run_faiss(k: int = k, x_np=x_np, init_np=init_np) -> torch.Tensor:
+            model = faiss.Kmeans(
+                d, k, niter=iters, max_points_per_centroid=n // k + 1, min_points_per_centroid=1, seed=0, verbose=False
+            )
             model.train(x_np, init_centroids=init_np)
             return torch.from_numpy(model.centroids)
 
@@ -122,7 +123,7 @@ def gpu_section(n: int, d: int, ks: list[int], iters: int, repeats: int, peaks: 
             for precision in ("fp32", "tf32"):
                 torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
 
-                def run() -> KMeans:
+                def run(k: int = k, x: torch.Tensor = x, init: torch.Tensor = init) -> KMeans:
                     model = KMeans(k, max_iter=iters).fit(x, init_centroids=init)
                     torch.cuda.synchronize()
                     return model

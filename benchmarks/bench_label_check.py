@@ -74,15 +74,19 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     ms = {name: round(statistics.median(values) * 1e3, 3) for name, values in times.items()}
     print(f"{width}x{height}: " + ", ".join(f"{k} {v} ms" for k, v in ms.items()), file=sys.stderr)
-    print(json.dumps({
-        "benchmark": "label_check",
-        "mask": f"{width}x{height}",
-        "repeats": repeats,
-        "ms_per_mask": ms,
-        "ratio_checked_vs_unchecked": round(ms["checked_lut"] / ms["unchecked_lut"], 3),
-        "check_share_of_png_decode": round(ms["check_only"] / ms["png_decode"], 4),
-        "loadavg": os.getloadavg(),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "label_check",
+                "mask": f"{width}x{height}",
+                "repeats": repeats,
+                "ms_per_mask": ms,
+                "ratio_checked_vs_unchecked": round(ms["checked_lut"] / ms["unchecked_lut"], 3),
+                "check_share_of_png_decode": round(ms["check_only"] / ms["png_decode"], 4),
+                "loadavg": os.getloadavg(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -68,8 +68,11 @@ def bench(name: str, num_classes: int, images: int, memory_size: int, repeats: i
     if difference > 1e-4:
         raise RuntimeError(f"{name}: the two losses differ by {difference}")
     bf16_error = abs(ours_bf16().item() / ours().item() - 1)
-    steps = {"class_layout": lambda: ours().backward(), "generic": lambda: generic().backward(),
-             "class_layout_bf16": lambda: ours_bf16().backward()}
+    steps = {
+        "class_layout": lambda: ours().backward(),
+        "generic": lambda: generic().backward(),
+        "class_layout_bf16": lambda: ours_bf16().backward(),
+    }
     times: dict[str, list[float]] = {key: [] for key in steps}
     for step in steps.values():
         timed(step, device)  # warm-up
@@ -102,8 +105,18 @@ def main() -> None:
     repeats = 3 if args.quick else args.repeats
     settings = [("cityscapes_19_classes_2_images", 19, 2), ("cityscapes_19_classes_8_images", 19, 8)]
     results = [bench(name, classes, images, memory_size, repeats, args.device) for name, classes, images in settings]
-    print(json.dumps({"benchmark": "memory_contrast", "device": args.device, "threads": torch.get_num_threads(),
-                      "repeats": repeats, "memory_size": memory_size, "results": results}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "memory_contrast",
+                "device": args.device,
+                "threads": torch.get_num_threads(),
+                "repeats": repeats,
+                "memory_size": memory_size,
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -83,9 +83,7 @@ def reference_style_loss(embeddings: torch.Tensor, labels: torch.Tensor, predict
     return (-(TEMPERATURE / BASE_TEMPERATURE) * mean_log_prob).mean()
 
 
-def make_inputs(
-    batch: int, dim: int, height: int, width: int, classes: int, per_image: int, stride: int, device: str
-):
+def make_inputs(batch: int, dim: int, height: int, width: int, classes: int, per_image: int, stride: int, device: str):
     """Blocky label maps of ``per_image`` classes per image (each forming a group), predictions 80% correct,
     L2-normalised embeddings; labels at ``stride`` times the embedding size with a band of ignore."""
     g = torch.Generator().manual_seed(0)
@@ -170,7 +168,7 @@ def profile_parts(inputs, repeats: int, device: str) -> dict[str, float]:
         loss.backward()
         sync()
         times.append(time.perf_counter())
-        for name, start, end in zip(parts, times, times[1:]):
+        for name, start, end in zip(parts, times, times[1:], strict=False):
             parts[name].append(end - start)
     return {name: round(statistics.median(values[1:]), 5) for name, values in parts.items()}  # first: warm-up
 

@@ -29,8 +29,8 @@ def baseline(model, images: torch.Tensor, crop: tuple[int, int], stride: tuple[i
     batch, _, height, width = images.shape
     total: torch.Tensor | None = None
     count = torch.zeros(height, width, device=images.device)
-    rows = list(range(0, height - crop[0], stride[0])) + [height - crop[0]]
-    columns = list(range(0, width - crop[1], stride[1])) + [width - crop[1]]
+    rows = [*range(0, height - crop[0], stride[0]), height - crop[0]]
+    columns = [*range(0, width - crop[1], stride[1]), width - crop[1]]
     for y in rows:
         for x in columns:
             logits = model(images[:, :, y : y + crop[0], x : x + crop[1]])

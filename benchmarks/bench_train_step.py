@@ -30,8 +30,8 @@ import sys
 import time
 
 import torch
-
 from bench_memory_contrast import fill_bank  # benchmarks/ is on sys.path when this script runs
+
 from pixcontrast.modules import ContrastiveSegmenter, SegmentationModule
 
 NUM_CLASSES = 19
@@ -132,7 +132,9 @@ def term_idle(module: SegmentationModule, idle: bool):
         module.contrast.warmup_steps = warmup
 
 
-def bench_model(name: str, encoder: str, head: str, shape: tuple[int, int, int], repeats: int, device, autocast) -> dict:
+def bench_model(
+    name: str, encoder: str, head: str, shape: tuple[int, int, int], repeats: int, device, autocast
+) -> dict:
     variants = build_variants(encoder, head, device)
     optimizers = {key: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for key, m in variants.items()}
     batch = make_batch(*shape, device)
@@ -155,8 +157,13 @@ def bench_model(name: str, encoder: str, head: str, shape: tuple[int, int, int],
     wall = {key: statistics.median(t for t, _ in values) for key, values in times.items()}
     cpu = {key: statistics.median(c for _, c in values) for key, values in times.items()}
     print(f"{name}: " + ", ".join(f"{k} {wall[k]:.3f}s (cpu {cpu[k]:.3f}s)" for k in wall), file=sys.stderr)
-    pairs = (("contrast", "contrast"), ("memory", "contrast_memory"), ("memory_bf16", "contrast_memory_bf16"),
-             ("contrast_full_map", "contrast_full_map"), ("memory_full_map", "contrast_memory_full_map"))
+    pairs = (
+        ("contrast", "contrast"),
+        ("memory", "contrast_memory"),
+        ("memory_bf16", "contrast_memory_bf16"),
+        ("contrast_full_map", "contrast_full_map"),
+        ("memory_full_map", "contrast_memory_full_map"),
+    )
     idle_pairs = [(label, key) for label, key in pairs if key in IDLE_TERM]
     return {
         "model": name,
@@ -182,11 +189,17 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="run only the model of this name (e.g. hrnet_w18_small)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     parser.add_argument(
-        "--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+        "--size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
         help="CPU input height and width (default 512 512; 256 256 with --quick)",
     )
     parser.add_argument(
-        "--matmul-precision", default="highest", choices=("highest", "high", "medium"),
+        "--matmul-precision",
+        default="highest",
+        choices=("highest", "high", "medium"),
         help="torch.set_float32_matmul_precision for the float32 products (the loss computes in float32): "
         "'high' = TF32 on CUDA, 'medium' = bfloat16 products (also on CPUs with AMX)",
     )
@@ -212,9 +225,20 @@ def main() -> None:
     runs = [run for run in runs if args.only in (None, run[0])]
     load_before = os.getloadavg()
     results = [bench_model(*run, repeats=repeats, device=device, autocast=autocast) for run in runs]
-    print(json.dumps({"benchmark": "train_step", "device": str(device), "threads": torch.get_num_threads(),
-                      "matmul_precision": args.matmul_precision, "repeats": repeats, "load_before": load_before,
-                      "load_after": os.getloadavg(), "results": results}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "train_step",
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "matmul_precision": args.matmul_precision,
+                "repeats": repeats,
+                "load_before": load_before,
+                "load_after": os.getloadavg(),
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

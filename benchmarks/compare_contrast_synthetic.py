@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 def val_miou_series(run_dir: Path) -> list[float]:
     """The val/miou values logged to TensorBoard in ``run_dir``, in step order."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -35,22 +36,40 @@ def run(config: str, seed: int, workdir: Path, extra: list[str]) -> dict:
     """One fit of ``config`` (a bundled config's name or a file, then optionally its own overrides) with ``seed``."""
     name, *overrides = config.split()
     run_dir = workdir / f"{'_'.join(config.split()).replace('/', '_')}_seed{seed}"
-    command = [sys.executable, "-m", "pixcontrast", "fit", "--config", name,
-               f"--seed_everything={seed}", f"--data.init_args.seed={seed}",
-               f"--trainer.default_root_dir={run_dir}", "--trainer.enable_progress_bar=false", *overrides, *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "pixcontrast",
+        "fit",
+        "--config",
+        name,
+        f"--seed_everything={seed}",
+        f"--data.init_args.seed={seed}",
+        f"--trainer.default_root_dir={run_dir}",
+        "--trainer.enable_progress_bar=false",
+        *overrides,
+        *extra,
+    ]
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     series = val_miou_series(run_dir)
-    result = {"config": config, "seed": seed, "wall_s": round(wall, 1), "final_miou": round(series[-1], 4),
-              "best_miou": round(max(series), 4)}
+    result = {
+        "config": config,
+        "seed": seed,
+        "wall_s": round(wall, 1),
+        "final_miou": round(series[-1], 4),
+        "best_miou": round(max(series), 4),
+    }
     print(json.dumps(result), file=sys.stderr)
     return result
 
 
 def summary(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 4),
-            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+    return {
+        "mean": round(statistics.mean(values), 4),
+        "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+    }
 
 
 def main() -> None:
@@ -72,10 +91,19 @@ def main() -> None:
         for config in args.configs
     }
     baseline, *others = args.configs
-    ratios = {c: round(per_config[c]["final_miou"]["mean"] / per_config[baseline]["final_miou"]["mean"], 4)
-              for c in others}
-    print(json.dumps({"benchmark": "contrast_vs_baseline_synthetic", "runs": runs, "summary": per_config,
-                      "final_miou_ratio_vs_" + baseline: ratios}))
+    ratios = {
+        c: round(per_config[c]["final_miou"]["mean"] / per_config[baseline]["final_miou"]["mean"], 4) for c in others
+    }
+    print(
+        json.dumps(
+            {
+                "benchmark": "contrast_vs_baseline_synthetic",
+                "runs": runs,
+                "summary": per_config,
+                "final_miou_ratio_vs_" + baseline: ratios,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

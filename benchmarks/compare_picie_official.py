@@ -104,8 +104,9 @@ def import_official(path: Path) -> types.SimpleNamespace:
     _stub_module("sklearn.utils.linear_assignment_", linear_assignment=_linear_assignment)
     _stub_module("torchvision.models.utils", load_state_dict_from_url=torch.hub.load_state_dict_from_url)
     sys.path.insert(0, str(path))
-    return types.SimpleNamespace(commons=importlib.import_module("commons"),
-                                 train_picie=importlib.import_module("train_picie"))
+    return types.SimpleNamespace(
+        commons=importlib.import_module("commons"), train_picie=importlib.import_module("train_picie")
+    )
 
 
 @contextlib.contextmanager
@@ -201,15 +202,27 @@ def run_official(official: types.SimpleNamespace, config: dict, seed: int, batch
     commons = official.commons
     with tempfile.TemporaryDirectory() as label_dir, official_on_cpu():
         args = argparse.Namespace(
-            seed=2021 + seed, in_dim=model_args.get("feature_dim", 128), K_train=model_args["num_clusters"],
-            K_test=inner["num_classes"], metric_train="cosine", metric_test="cosine", kmeans_n_iter=30,
-            num_init_batches=batch_groups, num_batches=batch_groups, equiv=True, no_balance=False, mse=False,
-            save_model_path=label_dir, thing=False, stuff=False,
+            seed=2021 + seed,
+            in_dim=model_args.get("feature_dim", 128),
+            K_train=model_args["num_clusters"],
+            K_test=inner["num_classes"],
+            metric_train="cosine",
+            metric_test="cosine",
+            kmeans_n_iter=30,
+            num_init_batches=batch_groups,
+            num_batches=batch_groups,
+            equiv=True,
+            no_balance=False,
+            mse=False,
+            save_model_path=label_dir,
+            thing=False,
+            stuff=False,
         )
         commons.fix_seed_for_reproducability(args.seed)
         datamodule = build_datamodule(config)
-        model = PiCIENetwork(model_args.get("encoder", "resnet18"), args.in_dim,
-                             weights_path=model_args.get("weights_path"))
+        model = PiCIENetwork(
+            model_args.get("encoder", "resnet18"), args.in_dim, weights_path=model_args.get("weights_path")
+        )
         optimizer = torch.optim.Adam(model.parameters(), lr=model_args["lr"])
         dataset = OfficialViews(datamodule, Path(label_dir))
         batch_size = inner["batch_size"]
@@ -230,8 +243,9 @@ def run_official(official: types.SimpleNamespace, config: dict, seed: int, batch
             commons.freeze_all(classifier1)
             commons.freeze_all(classifier2)
             dataset.mode = "train"
-            official.train_picie.train(args, logger, train_loader, model, classifier1, classifier2, criterion1, criterion2,
-                          optimizer, epoch)
+            official.train_picie.train(
+                args, logger, train_loader, model, classifier1, classifier2, criterion1, criterion2, optimizer, epoch
+            )
         own_accuracy, own_result = commons.evaluate(args, logger, eval_loader, classifier1, model)
         model.eval()
 
@@ -277,8 +291,7 @@ def main() -> None:
         config["trainer"]["max_epochs"] = args.epochs
     weights = config["model"]["init_args"].get("weights_path")
     if weights and not Path(weights).is_file():
-        raise SystemExit(f"{weights} does not exist: run `pixcontrast fit --config "
-                         "synthetic_pretrain` first")
+        raise SystemExit(f"{weights} does not exist: run `pixcontrast fit --config synthetic_pretrain` first")
     official = import_official(args.official)
     # the official k-means initialises on its first batches; use as many as our KMeansRefresh clusters
     refresh = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("KMeansRefresh"))
@@ -297,8 +310,18 @@ def main() -> None:
                 seconds[name].append(time.perf_counter() - start)
                 runs[name].append(result)
                 loads.append(os.getloadavg()[0])
-                print(json.dumps({"seed": seed, "run": name, **{k: round(v, 4) for k, v in result.items()},
-                                  "seconds": round(seconds[name][-1], 1)}), file=sys.stderr, flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "seed": seed,
+                            "run": name,
+                            **{k: round(v, 4) for k, v in result.items()},
+                            "seconds": round(seconds[name][-1], 1),
+                        }
+                    ),
+                    file=sys.stderr,
+                    flush=True,
+                )
     summary = {
         name: {
             "miou": median([r["miou"] for r in results]),
@@ -316,7 +339,8 @@ def main() -> None:
         "seeds": args.seeds,
         "results": summary,
         "ratio_ours_vs_official_miou": round(summary["ours"]["miou"] / summary["official"]["miou"], 3)
-        if "ours" in summary else None,
+        if "ours" in summary
+        else None,
         "load_avg_1min": {"min": round(min(loads), 2), "max": round(max(loads), 2)},
     }
     print(json.dumps(line))

@@ -42,8 +42,14 @@ def run_demo(
     """Fit one demo with the visualizer and copy its last pictures to ``docs``; returns the written files."""
     pictures = workdir / name
     command = [
-        sys.executable, "-m", "pixcontrast", "fit", "--config", config,
-        "--trainer.default_root_dir", str(workdir / f"{name}_run"),
+        sys.executable,
+        "-m",
+        "pixcontrast",
+        "fit",
+        "--config",
+        config,
+        "--trainer.default_root_dir",
+        str(workdir / f"{name}_run"),
         "--trainer.callbacks+=pixcontrast.callbacks.visualization.SegmentationVisualizer",
         "--trainer.callbacks.num_images=3",
         f"--trainer.callbacks.output_dir={pictures}",
@@ -79,8 +85,12 @@ def write_scene_preview(docs: Path, count: int = 6) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo", action="append", metavar="NAME=CONFIG",
-                        help="a demo to run (repeatable); default: " + ", ".join(f"{k}={v}" for k, v in DEMOS.items()))
+    parser.add_argument(
+        "--demo",
+        action="append",
+        metavar="NAME=CONFIG",
+        help="a demo to run (repeatable); default: " + ", ".join(f"{k}={v}" for k, v in DEMOS.items()),
+    )
     parser.add_argument("--max-epochs", type=int, default=None, help="override the configs' trainer.max_epochs")
     parser.add_argument("--docs", default=str(ROOT / "docs" / "images"), help="output folder (default: docs/images/)")
     parser.add_argument("cli_args", nargs=argparse.REMAINDER, help="-- then arguments for pixcontrast fit")

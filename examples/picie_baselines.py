@@ -47,8 +47,14 @@ from pixcontrast.models.fpn import PiCIENetwork
 
 CONFIG = bundled_config("synthetic_picie")
 MAX_CLUSTER_POINTS = 200_000
-ROWS = ("raw colours", "pretrained encoder + k-means", "PiCIE", "PiCIE from random weights", "PiCIE+H",
-        "PiCIE+H, over-clustering head")
+ROWS = (
+    "raw colours",
+    "pretrained encoder + k-means",
+    "PiCIE",
+    "PiCIE from random weights",
+    "PiCIE+H",
+    "PiCIE+H, over-clustering head",
+)
 
 
 def build_datamodule(config: dict) -> PiCIEDataModule:
@@ -105,7 +111,8 @@ def network_kmeans(datamodule: PiCIEDataModule, config: dict, seed: int) -> dict
     num_clusters = model_args["num_clusters"]
     torch.manual_seed(seed)
     network = PiCIENetwork(
-        model_args.get("encoder", "resnet18"), model_args.get("feature_dim", 128),
+        model_args.get("encoder", "resnet18"),
+        model_args.get("feature_dim", 128),
         weights_path=model_args.get("weights_path"),
     )
     train = datamodule.train_dataloader()
@@ -147,8 +154,11 @@ def train_picie(config_path: Path, seed: int, extra_args: list[str] = ()) -> tup
             ]
         )
         seconds = time.perf_counter() - start
-    return {key.removeprefix("val/"): value.item() for key, value in cli.trainer.callback_metrics.items()
-            if key.startswith("val/") and value.numel() == 1}, seconds
+    return {
+        key.removeprefix("val/"): value.item()
+        for key, value in cli.trainer.callback_metrics.items()
+        if key.startswith("val/") and value.numel() == 1
+    }, seconds
 
 
 def measure_seed(config_path: Path, config: dict, seed: int, over_clusters: int, skip_picie: bool) -> dict:
@@ -171,7 +181,8 @@ def measure_seed(config_path: Path, config: dict, seed: int, over_clusters: int,
         rows[name] = {"miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"], "seconds": seconds}
         if name == "PiCIE+H":
             rows["PiCIE+H, over-clustering head"] = {
-                "miou": metrics["over_miou"], "pixel_accuracy": metrics["over_pixel_accuracy"]
+                "miou": metrics["over_miou"],
+                "pixel_accuracy": metrics["over_pixel_accuracy"],
             }
     return rows
 

@@ -48,8 +48,9 @@ def write_toy_dataset(root: Path, size: int = 96) -> None:
             x, y = rng.integers(0, size // 2, 2)
             mask[y : y + size // 3, x : x + size // 3] = 1
             cv2.circle(mask, tuple(int(v) for v in rng.integers(size // 4, 3 * size // 4, 2)), size // 6, 2, -1)
-            image = (np.array([[40, 40, 40], [200, 60, 60], [60, 60, 200]], np.uint8)[mask]
-                     + rng.integers(0, 30, (size, size, 3), dtype=np.uint8))
+            image = np.array([[40, 40, 40], [200, 60, 60], [60, 60, 200]], np.uint8)[mask] + rng.integers(
+                0, 30, (size, size, 3), dtype=np.uint8
+            )
             cv2.imwrite(str(root / split / "images" / f"{index:03d}.jpg"), image[..., ::-1])  # OpenCV writes BGR
             cv2.imwrite(str(root / split / "masks" / f"{index:03d}.png"), mask)
 
@@ -59,7 +60,12 @@ if __name__ == "__main__":
         write_toy_dataset(Path(folder))
         data = MyDataModule(folder, batch_size=4)
         model = ContrastiveSegmenter(
-            num_classes=data.num_classes, head_channels=32, proj_dim=32, warmup_steps=1, max_views=5, lr=1e-3,
+            num_classes=data.num_classes,
+            head_channels=32,
+            proj_dim=32,
+            warmup_steps=1,
+            max_views=5,
+            lr=1e-3,
             optimizer="adamw",
         )
         trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False)

@@ -63,7 +63,7 @@ def all_gather_padded(tensors: list[Tensor], fill: list[float]) -> tuple[list[Te
     sizes = all_gather_cat(torch.tensor([tensors[0].shape[0]], device=tensors[0].device))
     padded_size = int(sizes.max())
     gathered = []
-    for tensor, value in zip(tensors, fill):
+    for tensor, value in zip(tensors, fill, strict=True):
         as_int = tensor.dtype == torch.bool
         local = tensor.to(torch.uint8) if as_int else tensor.detach()
         pad = local.new_full((padded_size - local.shape[0], *local.shape[1:]), value)

@@ -30,8 +30,8 @@ def export_model(
     parameters and accepts other batch sizes and image sizes. ``onnx``: the TorchScript-based ONNX exporter
     (needs the ``onnx`` package, no ``onnxscript``) with input ``images`` and output ``logits``; ``dynamic``
     makes batch, height and width dynamic axes. ViTs need ``opset >= 18`` (the default): they resize their
-    position embeddings to the input with antialiased bicubic interpolation, ONNX ``Resize`` with ``antialias``. The network is traced in eval mode on its own device; its
-    train/eval mode is restored afterwards.
+    position embeddings to the input with antialiased bicubic interpolation, ONNX ``Resize`` with ``antialias``.
+    The network is traced in eval mode on its own device; its train/eval mode is restored afterwards.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {FORMATS}")
@@ -91,13 +91,24 @@ def _antialiased_bicubic(g: Any, images: Any, output_size: Any, align_corners: A
     ``Resize`` (opset 18) computes with ``cubic_coeff_a=-0.5, exclude_outside=1, antialias=1``.
     """
     batch_and_channels = g.op(
-        "Slice", g.op("Shape", images), g.op("Constant", value_t=torch.tensor([0])), g.op("Constant", value_t=torch.tensor([2]))
+        "Slice",
+        g.op("Shape", images),
+        g.op("Constant", value_t=torch.tensor([0])),
+        g.op("Constant", value_t=torch.tensor([2])),
     )
     sizes = g.op("Concat", batch_and_channels, g.op("Cast", output_size, to_i=7), axis_i=0)  # 7: int64
     empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
     return g.op(
-        "Resize", images, empty, empty, sizes, mode_s="cubic", antialias_i=1, cubic_coeff_a_f=-0.5,
-        exclude_outside_i=1, coordinate_transformation_mode_s="half_pixel",
+        "Resize",
+        images,
+        empty,
+        empty,
+        sizes,
+        mode_s="cubic",
+        antialias_i=1,
+        cubic_coeff_a_f=-0.5,
+        exclude_outside_i=1,
+        coordinate_transformation_mode_s="half_pixel",
     )
 
 

@@ -150,8 +150,9 @@ def confusion_figure(confusion: torch.Tensor | np.ndarray, class_names: Sequence
     axes.set_ylabel("ground truth")
     if len(class_names) <= 20:
         for (row, col), rate in np.ndenumerate(rates):
-            axes.text(col, row, f"{rate:.2f}", ha="center", va="center", fontsize=6,
-                      color="white" if rate > 0.5 else "black")
+            axes.text(
+                col, row, f"{rate:.2f}", ha="center", va="center", fontsize=6, color="white" if rate > 0.5 else "black"
+            )
     figure.colorbar(shown, ax=axes, fraction=0.046)
     axes.set_title(title)
     return _figure_to_array(figure)

@@ -42,7 +42,7 @@ def tiny_config(compare) -> dict:
 
 
 def test_a_folder_that_is_not_a_checkout_names_the_fix(compare, tmp_path):
-    with pytest.raises(FileNotFoundError, match="clone https://github.com/janghyuncho/PiCIE"):
+    with pytest.raises(FileNotFoundError, match=r"clone https://github\.com/janghyuncho/PiCIE"):
         compare.import_official(tmp_path)
 
 

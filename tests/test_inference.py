@@ -28,8 +28,8 @@ def _reference_slide(model, images, crop, stride):
     _, _, height, width = images.shape
     total = torch.zeros(images.shape[0], 4, height, width)
     count = torch.zeros(height, width)
-    ys = list(range(0, height - crop[0], stride[0])) + [height - crop[0]]
-    xs = list(range(0, width - crop[1], stride[1])) + [width - crop[1]]
+    ys = [*range(0, height - crop[0], stride[0]), height - crop[0]]
+    xs = [*range(0, width - crop[1], stride[1]), width - crop[1]]
     for y in ys:
         for x in xs:
             total[:, :, y : y + crop[0], x : x + crop[1]] += model(images[:, :, y : y + crop[0], x : x + crop[1]])

@@ -73,8 +73,7 @@ def test_multiscale_with_flip_runs_the_vit_at_every_scale(segmenter, images):
     assert calls == [(4, 3, 34, 52), (4, 3, 68, 105)]  # flipped copies in the same batch
 
 
-
 def test_onnx_export_of_a_vit_below_opset_18_says_which_opset(segmenter, tmp_path):
     pytest.importorskip("onnx", reason="onnx is in the dev extra")
-    with pytest.raises(RuntimeError, match="opset 17.*needs opset >= 18"):
+    with pytest.raises(RuntimeError, match=r"opset 17.*needs opset >= 18"):
         export_model(segmenter.inference_network(), tmp_path / "old.onnx", example_shape=(1, 3, 32, 32), opset=17)

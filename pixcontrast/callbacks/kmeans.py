@@ -134,9 +134,7 @@ class KMeansRefresh(pl.Callback):
         self.refreshed_epoch = trainer.current_epoch
         pl_module.log(f"{self.log_prefix}/seconds", time.perf_counter() - start, batch_size=1)
 
-    def _collect(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, counts: dict[str, int]
-    ) -> dict[str, Tensor]:
+    def _collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule, counts: dict[str, int]) -> dict[str, Tensor]:
         """Run the module over the clustering batches and subsample the features: key -> N_key x D."""
         loader = _cluster_batches(trainer, pl_module)
         capacity = math.ceil(self.max_points / trainer.world_size)
@@ -148,8 +146,12 @@ class KMeansRefresh(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         _call_optional(pl_module, "on_cluster_start")
-        bar = tqdm(total=total, desc="k-means features", leave=False, disable=not (self.progress_bar and
-                                                                                   trainer.is_global_zero))
+        bar = tqdm(
+            total=total,
+            desc="k-means features",
+            leave=False,
+            disable=not (self.progress_bar and trainer.is_global_zero),
+        )
         try:
             with torch.no_grad():
                 for index, batch in enumerate(loader):

@@ -101,7 +101,7 @@ class SegmentationPredictionWriter(BasePredictionWriter):
     def _write(folder: Path, names: Sequence[str], arrays: np.ndarray) -> None:
         from PIL import Image
 
-        for name, array in zip(names, arrays):
+        for name, array in zip(names, arrays, strict=True):
             path = folder / f"{name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(array).save(path)

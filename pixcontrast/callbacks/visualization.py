@@ -97,7 +97,9 @@ class SegmentationVisualizer(L.Callback):
             if value < 1:
                 raise ValueError(f"SegmentationVisualizer: {name} must be >= 1, got {value}")
         if projection not in PROJECTIONS:
-            raise ValueError(f"SegmentationVisualizer: projection must be one of {sorted(PROJECTIONS)}, got {projection!r}")
+            raise ValueError(
+                f"SegmentationVisualizer: projection must be one of {sorted(PROJECTIONS)}, got {projection!r}"
+            )
         package = PROJECTIONS[projection]
         if embeddings and package is not None and importlib.util.find_spec(package) is None:
             raise ValueError(
@@ -135,8 +137,12 @@ class SegmentationVisualizer(L.Callback):
         if collected is None or not trainer.is_global_zero:
             return
         datamodule = trainer.datamodule
-        pictures = self.render(collected, list(datamodule.class_names), np.asarray(datamodule.palette),
-                               title=f"epoch {trainer.current_epoch}")
+        pictures = self.render(
+            collected,
+            list(datamodule.class_names),
+            np.asarray(datamodule.palette),
+            title=f"epoch {trainer.current_epoch}",
+        )
         self._write(trainer, pictures)
 
     # ------------------------------------------------------------------------------------------ collecting
@@ -160,7 +166,7 @@ class SegmentationVisualizer(L.Callback):
         self._fixed = {
             "image": torch.stack([_pad_to(item["image"], height, width, 0.0) for item in items]),
             "mask": torch.stack([_pad_to(item["mask"], height, width, datamodule.ignore_index) for item in items]),
-            "name": [item.get("name", str(i)) for item, i in zip(items, indices)],
+            "name": [item.get("name", str(i)) for item, i in zip(items, indices, strict=True)],
         }
         return self._fixed
 
@@ -194,9 +200,10 @@ class SegmentationVisualizer(L.Callback):
                         return None
                     prediction = outputs.get("prediction")
                     if prediction is None or prediction.shape != batch["mask"].shape:
+                        got = None if prediction is None else tuple(prediction.shape)
                         raise RuntimeError(
                             "visualization_outputs: 'prediction' must be B x H x W like the mask "
-                            f"{tuple(batch['mask'].shape)}, got {None if prediction is None else tuple(prediction.shape)}"
+                            f"{tuple(batch['mask'].shape)}, got {got}"
                         )
                     if self.confusion_matrix:
                         confusion += confusion_counts(batch["mask"], prediction, num_classes).cpu()
@@ -245,15 +252,20 @@ class SegmentationVisualizer(L.Callback):
         ignore_index = collected["ignore_index"]
         if collected["predictions"] is not None:
             pictures["segmentation_grid"] = segmentation_grid(
-                collected["images"], collected["masks"], collected["predictions"], palette, class_names,
+                collected["images"],
+                collected["masks"],
+                collected["predictions"],
+                palette,
+                class_names,
                 ignore_index=ignore_index,
             )
         if collected["confusion"] is not None:
             pictures["confusion_matrix"] = confusion_figure(collected["confusion"], class_names, title)
         if collected["points"] is not None:
             groups = collected["groups"]
-            keep = sample_per_group(groups, self.max_points_per_class, torch.Generator().manual_seed(self.seed),
-                                    ignore_index)
+            keep = sample_per_group(
+                groups, self.max_points_per_class, torch.Generator().manual_seed(self.seed), ignore_index
+            )
             points, groups = collected["points"][keep], groups[keep]
             if collected["by_cluster"]:
                 count = int(groups.max()) + 1 if groups.numel() else 1

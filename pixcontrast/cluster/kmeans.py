@@ -81,7 +81,9 @@ class KMeans:
         if tol < 0:
             raise ValueError(f"tol must be >= 0, got {tol}")
         if backend == "faiss" and tol > 0:
-            raise ValueError("tol is not supported by backend='faiss' (it always runs max_iter iterations); use tol=0.0")
+            raise ValueError(
+                "tol is not supported by backend='faiss' (it always runs max_iter iterations); use tol=0.0"
+            )
         self.n_clusters = n_clusters
         self.max_iter = max_iter
         self.tol = tol
@@ -217,8 +219,11 @@ class KMeans:
             n_points, dim, device = n_points + xb.shape[0], xb.shape[1], xb.device
         if device is None:
             raise ValueError("KMeans got no data (empty input); pass at least n_clusters points")
-        summary = all_gather_cat(torch.stack([torch.tensor(n_points, device=device), torch.tensor(dim, device=device),
-                                              non_finite.to(torch.long)]).unsqueeze(0))
+        summary = all_gather_cat(
+            torch.stack(
+                [torch.tensor(n_points, device=device), torch.tensor(dim, device=device), non_finite.to(torch.long)]
+            ).unsqueeze(0)
+        )
         self._check_summary(summary.tolist(), init_centroids)
         if init_centroids is not None:
             centroids = init_centroids.detach().to(device=device, dtype=torch.float32).clone()
@@ -269,7 +274,7 @@ class KMeans:
         generator = torch.Generator(device=device).manual_seed(self.seed)
         direction = torch.randint(0, 2, (dim,), generator=generator, device=device).float() * 2 - 1
         previous = math.inf
-        for iteration in range(1, self.max_iter + 1):
+        for iteration in range(1, self.max_iter + 1):  # noqa: B007 (read after the loop: n_iter_)
             assign = _Assigner(centroids)
             sums = torch.zeros(k, dim, device=device)
             sse = torch.zeros(k, device=device)

@@ -70,7 +70,10 @@ class UniformSubsample:
 
 
 def kmeans_plusplus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
-    """Greedy k-means++ seeding of ``k`` rows of ``x`` (N x D) (2 + log K candidates per step, keep the one that lowers the potential most): K x D."""
+    """Greedy k-means++ seeding of ``k`` rows of ``x`` (N x D): K x D.
+
+    Each step draws 2 + log K candidates and keeps the one that lowers the potential most.
+    """
     n_trials = 2 + int(math.log(k))
     x_sq = x.square().sum(1)
     first = torch.randint(x.shape[0], (1,), generator=generator, device=x.device)

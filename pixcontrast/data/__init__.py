@@ -10,14 +10,14 @@ from pixcontrast.data.picie_views import PiCIEDataModule
 from pixcontrast.data.synthetic import SyntheticScenesDataModule, SyntheticScenesDataset
 
 __all__ = [
-    "RawSample",
-    "SegmentationDataset",
-    "SegmentationDataModule",
-    "SyntheticScenesDataset",
-    "SyntheticScenesDataModule",
-    "FolderSegmentationDataModule",
-    "CityscapesDataModule",
-    "PascalContextDataModule",
     "COCOStuffDataModule",
+    "CityscapesDataModule",
+    "FolderSegmentationDataModule",
+    "PascalContextDataModule",
     "PiCIEDataModule",
+    "RawSample",
+    "SegmentationDataModule",
+    "SegmentationDataset",
+    "SyntheticScenesDataModule",
+    "SyntheticScenesDataset",
 ]

@@ -67,7 +67,7 @@ def default_palette(num_colors: int) -> np.ndarray:
 
     hues = (np.arange(num_colors) * 0.618033988749895) % 1.0
     values = 0.95 - 0.3 * ((np.arange(num_colors) // 7) % 2)
-    rgb = [colorsys.hsv_to_rgb(h, 0.75, v) for h, v in zip(hues, values)]
+    rgb = [colorsys.hsv_to_rgb(h, 0.75, v) for h, v in zip(hues, values, strict=True)]
     return (np.asarray(rgb).reshape(num_colors, 3) * 255).round().astype(np.uint8)
 
 

@@ -43,8 +43,9 @@ class COCOStuffDataModule(BenchmarkDataModule):
     stuffthingmaps order; ``"27"`` -- the 12 thing + 15 stuff supercategories of the unsupervised benchmarks.
     Unlabelled pixels (255) are ignored; any value outside 0..181 and 255, and the values of the 11 category ids
     COCO never uses, raise a :class:`~pixcontrast.data.label_maps.LabelValueError` naming the file (real
-    annotations never hold them: a map that does is in another encoding, typically category ids, off by one). Items are named by the image stem
-    (e.g. ``000000000139``). COCO-Stuff has no public test labels: test uses val (10k: its test list).
+    annotations never hold them: a map that does is in another encoding, typically category ids, off by one).
+    Items are named by the image stem (e.g. ``000000000139``).
+    COCO-Stuff has no public test labels: test uses val (10k: its test list).
 
     Args:
         root: 164k -- the folder holding ``train2017/``, ``val2017/`` (or ``images/train2017`` ...) and
@@ -81,7 +82,9 @@ class COCOStuffDataModule(BenchmarkDataModule):
         val_image_list: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(root, label_set, batch_size=batch_size, eval_batch_size=eval_batch_size, crop_size=crop_size, **kwargs)
+        super().__init__(
+            root, label_set, batch_size=batch_size, eval_batch_size=eval_batch_size, crop_size=crop_size, **kwargs
+        )
         if variant not in VARIANTS:
             raise ValueError(f"COCO-Stuff: unknown variant {variant!r}; choose one of {list(VARIANTS)}")
         self.variant = variant
@@ -138,4 +141,3 @@ class COCOStuffDataModule(BenchmarkDataModule):
             transform=self.transform_for(split),
             label_reader=read_coco10k_label if self.variant == "10k" else read_label,
         )
-

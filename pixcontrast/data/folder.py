@@ -67,8 +67,9 @@ class FolderSegmentationDataModule(FileSegmentationDataModule):
 
     Validation reads ``val_images`` (and ``val_masks``) when given, else a deterministic ``val_fraction`` of
     the images chosen by a hash of their relative path. Unlabelled training images with labelled validation
-    folders (``val_masks``) suit PiCIE: it trains on the images and is evaluated on the masks. Test and predict use the validation split (to predict
-    every image, pass ``val_images=images``). Items are named by their relative path without suffix.
+    folders (``val_masks``) suit PiCIE: it trains on the images and is evaluated on the masks.
+    Test and predict use the validation split (to predict every image, pass ``val_images=images``).
+    Items are named by their relative path without suffix.
 
     Args:
         root: the folder holding ``images`` (and ``masks``).

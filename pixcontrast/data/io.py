@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 def _check_exists(path: str | Path, what: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist")

@@ -44,8 +44,7 @@ def label_value_error(source: str, values: np.ndarray, expected: str, fix: str) 
     shown = ", ".join(str(tuple(int(c) for c in v)) if np.ndim(v) else str(int(v)) for v in unique[:_SHOWN_VALUES])
     more = f" and {len(unique) - _SHOWN_VALUES} more" if len(unique) > _SHOWN_VALUES else ""
     return LabelValueError(
-        f"label map {source!r} holds values the label set does not know: {shown}{more}. "
-        f"Expected {expected}. Fix: {fix}"
+        f"label map {source!r} holds values the label set does not know: {shown}{more}. Expected {expected}. Fix: {fix}"
     )
 
 
@@ -153,7 +152,9 @@ CITYSCAPES_LOOKUPS: dict[str, LabelLookup] = {
         _CS_LABEL_IDS,
         _CS_LABEL_IDS_FIX,
     ),
-    "27": LabelLookup(build_lut({r[0]: k for k, r in enumerate(_CS_27)}, ignored=range(7)), _CS_LABEL_IDS, _CS_LABEL_IDS_FIX),
+    "27": LabelLookup(
+        build_lut({r[0]: k for k, r in enumerate(_CS_27)}, ignored=range(7)), _CS_LABEL_IDS, _CS_LABEL_IDS_FIX
+    ),
 }
 #: trainId (as in ``*_gtFine_labelTrainIds.png``) -> class id of the "19" set.
 CITYSCAPES_TRAIN_ID_LOOKUP = LabelLookup(
@@ -165,11 +166,66 @@ CITYSCAPES_TRAIN_ID_LOOKUP = LabelLookup(
 
 # ----------------------------------------------------------------------------------------------- PASCAL-Context
 #: The 59 classes of the standard PASCAL-Context protocol (alphabetical, as the 459-category labels.txt).
-PASCAL_CONTEXT_59_NAMES: tuple[str, ...] = tuple(
-    "aeroplane bag bed bedclothes bench bicycle bird boat book bottle building bus cabinet car cat ceiling chair "
-    "cloth computer cow cup curtain dog door fence floor flower food grass ground horse keyboard light motorbike "
-    "mountain mouse person plate platform pottedplant road rock sheep shelves sidewalk sign sky snow sofa table "
-    "track train tree truck tvmonitor wall water window wood".split()
+PASCAL_CONTEXT_59_NAMES: tuple[str, ...] = (
+    "aeroplane",
+    "bag",
+    "bed",
+    "bedclothes",
+    "bench",
+    "bicycle",
+    "bird",
+    "boat",
+    "book",
+    "bottle",
+    "building",
+    "bus",
+    "cabinet",
+    "car",
+    "cat",
+    "ceiling",
+    "chair",
+    "cloth",
+    "computer",
+    "cow",
+    "cup",
+    "curtain",
+    "dog",
+    "door",
+    "fence",
+    "floor",
+    "flower",
+    "food",
+    "grass",
+    "ground",
+    "horse",
+    "keyboard",
+    "light",
+    "motorbike",
+    "mountain",
+    "mouse",
+    "person",
+    "plate",
+    "platform",
+    "pottedplant",
+    "road",
+    "rock",
+    "sheep",
+    "shelves",
+    "sidewalk",
+    "sign",
+    "sky",
+    "snow",
+    "sofa",
+    "table",
+    "track",
+    "train",
+    "tree",
+    "truck",
+    "tvmonitor",
+    "wall",
+    "water",
+    "window",
+    "wood",
 )
 #: Their raw ids (1-based line numbers of the release's labels.txt), used when no labels.txt is given.
 PASCAL_CONTEXT_59_RAW_IDS: tuple[int, ...] = (
@@ -256,9 +312,7 @@ _COCO_FIX = (
 #: annotations never hold them, so a map that does is in another encoding (typically category ids, off by one).
 COCO_STUFF_LOOKUPS: dict[str, LabelLookup] = {
     "171": LabelLookup(build_lut({v: k for k, v in enumerate(_COCO_USED)}), _COCO_EXPECTED, _COCO_FIX),
-    "27": LabelLookup(
-        build_lut({v: COCO_STUFF_FINE_TO_COARSE[v] for v in _COCO_USED}), _COCO_EXPECTED, _COCO_FIX
-    ),
+    "27": LabelLookup(build_lut({v: COCO_STUFF_FINE_TO_COARSE[v] for v in _COCO_USED}), _COCO_EXPECTED, _COCO_FIX),
 }
 
 

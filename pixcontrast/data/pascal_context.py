@@ -31,7 +31,8 @@ class PascalContextDataModule(BenchmarkDataModule):
     ``"60"`` -- background as class 0 and the 59 classes as 1..59. Both read the PNGs that
     ``pixcontrast prepare pascal-context --root ROOT --annotations trainval.tar.gz`` writes to
     ``VOC2010/SegmentationClassContext/``; any other value than 0..59 and 255 raises a
-    :class:`~pixcontrast.data.label_maps.LabelValueError` naming the file. Items are named by the VOC id, e.g. ``2008_000002``.
+    :class:`~pixcontrast.data.label_maps.LabelValueError` naming the file.
+    Items are named by the VOC id, e.g. ``2008_000002``.
     Val/test images keep their size (about 500 x 375, varying), hence ``eval_batch_size`` defaults to 1;
     set ``eval_crop`` to batch them.
 
@@ -64,7 +65,9 @@ class PascalContextDataModule(BenchmarkDataModule):
         crop_size: tuple[int, int] = (480, 480),
         **kwargs: Any,
     ) -> None:
-        super().__init__(root, label_set, batch_size=batch_size, eval_batch_size=eval_batch_size, crop_size=crop_size, **kwargs)
+        super().__init__(
+            root, label_set, batch_size=batch_size, eval_batch_size=eval_batch_size, crop_size=crop_size, **kwargs
+        )
 
     def build_dataset(self, split: str) -> FileSegmentationDataset:
         voc = find_voc_root(self.root)

@@ -1,9 +1,9 @@
 """PiCIE's two views per image: photometric transforms per view, one geometric transform per image.
 
 View 1 is ``G(P1(x))`` resized to the network input; view 2 is ``P2(x)`` resized to the network input, and
-``G`` is applied to its feature map by :func:`pixcontrast.losses.picie.warp_features`, so the two feature maps correspond pixel to
-pixel. All random parameters come from a generator seeded by ``(seed, epoch, index)``: within an epoch the
-clustering pass and the training pass see exactly the same views, in any order and in any worker.
+``G`` is applied to its feature map by :func:`pixcontrast.losses.picie.warp_features`, so the two feature maps
+correspond pixel to pixel. All random parameters come from a generator seeded by ``(seed, epoch, index)``:
+within an epoch the clustering pass and the training pass see exactly the same views, in any order and in any worker.
 
 :class:`PiCIEDataModule` wraps any :class:`~pixcontrast.data.base.SegmentationDataModule`: training items are
 two-view dicts, evaluation items are the paper's center crops. Its :meth:`PiCIEDataModule.set_epoch` must be
@@ -195,7 +195,9 @@ class PiCIEViews(Dataset):
     ``S x S`` int64 (labels of view 2, for visualisation only); ``name``; ``index``.
     """
 
-    def __init__(self, dataset: SegmentationDataset, view_size: int = 640, input_size: int = 320, seed: int = 0) -> None:
+    def __init__(
+        self, dataset: SegmentationDataset, view_size: int = 640, input_size: int = 320, seed: int = 0
+    ) -> None:
         if view_size < 2 or input_size < 2:
             raise ValueError(f"view_size and input_size must be >= 2, got {view_size} and {input_size}")
         self.dataset = dataset

@@ -101,7 +101,7 @@ def prepare_cityscapes(root: str | Path, workers: int | None = None, overwrite: 
         raise _layout_error(CityscapesDataModule, root, f"no *{LABEL_ID_SUFFIX} files under {str(root / 'gtFine')!r}")
     targets = [source[: -len(LABEL_ID_SUFFIX)] + TRAIN_ID_SUFFIX for source in sources]
     todo = set(targets if overwrite else missing_files(targets))
-    tasks = [(s, t) for s, t in zip(sources, targets) if t in todo]
+    tasks = [(s, t) for s, t in zip(sources, targets, strict=True) if t in todo]
     _log(f"Cityscapes: {len(sources)} label maps, {len(sources) - len(tasks)} already converted")
     run_parallel(_write_train_ids, tasks, workers, "labelTrainIds")
     return len(tasks)
@@ -201,8 +201,10 @@ def prepare_pascal_context(
     if voc is None:
         raise _layout_error(PascalContextDataModule, root, "no VOC2010 JPEGImages folder found")
     if not annotations.exists():
-        raise FileNotFoundError(f"--annotations {str(annotations)!r} does not exist; pass trainval.tar.gz of the "
-                                "PASCAL-Context release or the folder it unpacks to")
+        raise FileNotFoundError(
+            f"--annotations {str(annotations)!r} does not exist; pass trainval.tar.gz of the "
+            "PASCAL-Context release or the folder it unpacks to"
+        )
     output = voc / CONTEXT_LABEL_DIR
     existing = set() if overwrite or not output.is_dir() else {p.stem for p in output.glob("*.png")}
     sources, text = _context_sources(annotations, lambda stem: stem not in existing)
@@ -251,7 +253,7 @@ def curate_coco_stuff(
     if not paths:
         raise _layout_error(COCOStuffDataModule, root, f"no label maps in {str(folder)!r}")
     fractions = run_parallel(stuff_fraction, paths, workers, f"stuff fraction {split}2017")
-    ids = [Path(p).stem for p, fraction in zip(paths, fractions) if fraction >= min_stuff]
+    ids = [Path(p).stem for p, fraction in zip(paths, fractions, strict=True) if fraction >= min_stuff]
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp")
     temporary.write_text("".join(f"{image_id}\n" for image_id in ids), encoding="utf-8")

@@ -10,7 +10,7 @@ with sensor noise. Thin bands along region boundaries and a few random blobs are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -24,7 +24,7 @@ _GOLDEN = 0.618033988749895
 
 
 class Texture(NamedTuple):
-    """A class texture: ``kind`` pattern at ``freq`` (cycles per pixel, or noise cells per pixel) and ``angle`` (deg)."""
+    """A class texture: ``kind`` pattern at ``freq`` (cycles or noise cells per pixel) and ``angle`` (deg)."""
 
     name: str
     kind: str
@@ -92,7 +92,7 @@ def check_class_family(class_family: int) -> None:
         raise ValueError(f"class_family must be one of {CLASS_FAMILIES}, got {class_family!r}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def scene_classes(num_classes: int, class_family: int = 0) -> SceneClasses:
     """The label set of ``num_classes`` synthetic classes: about 3/8 stuff textures, the rest textured shapes.
 
@@ -324,5 +324,3 @@ def generate_scene(
     centres = np.concatenate([region_centre, object_centre])
     image = _light(rng, _paint(rng, instance, instance_class, centres, x, y, classes), x, y)
     return image, _unlabel(rng, instance_class[instance].astype(np.int64), x, y)
-
-

@@ -127,6 +127,10 @@ class SyntheticScenesDataModule(SegmentationDataModule):
 
     def build_dataset(self, split: str) -> SyntheticScenesDataset:
         return SyntheticScenesDataset(
-            self.split_sizes[split], split, self.num_classes, self.image_size, self.seed,
+            self.split_sizes[split],
+            split,
+            self.num_classes,
+            self.image_size,
+            self.seed,
             class_family=self.class_family,
         )

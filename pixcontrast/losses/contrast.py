@@ -79,7 +79,7 @@ class _RowContrast(torch.autograd.Function):
     """:func:`contrast_terms` on ``features @ contrast.T``; ``contrast=None`` is the symmetric (self) case."""
 
     @staticmethod
-    def forward(ctx, features, contrast, positive, negative, temperature, scale):  # noqa: D102
+    def forward(ctx, features, contrast, positive, negative, temperature, scale):
         other = features if contrast is None else contrast
         logits = rows_product(features * (1.0 / temperature), other.T)  # N x C, the temperature on the small side
         loss, grad_negative, grad_positive = contrast_terms(
@@ -99,7 +99,7 @@ class _RowContrast(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad_output):  # noqa: D102
+    def backward(ctx, grad_output):
         factor = grad_output / ctx.temperature
         if ctx.symmetric:
             features, grad = ctx.saved_tensors

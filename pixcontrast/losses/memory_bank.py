@@ -84,9 +84,15 @@ class PixelMemoryBank(nn.Module):
         memory_dtype: Literal["float32", "bfloat16"] = "float32",
     ) -> None:
         super().__init__()
-        for name, value in [("num_classes", num_classes), ("dim", dim), ("memory_size", memory_size),
-                            ("pixels_per_image", pixels_per_image), ("num_hard_positives", num_hard_positives),
-                            ("num_hard_negatives", num_hard_negatives), ("segment_pixels", segment_pixels)]:
+        for name, value in [
+            ("num_classes", num_classes),
+            ("dim", dim),
+            ("memory_size", memory_size),
+            ("pixels_per_image", pixels_per_image),
+            ("num_hard_positives", num_hard_positives),
+            ("num_hard_negatives", num_hard_negatives),
+            ("segment_pixels", segment_pixels),
+        ]:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not 0 < mining_fraction <= 1:
@@ -315,7 +321,7 @@ class _ClassMemoryContrast(torch.autograd.Function):
     """Loss and analytic gradient w.r.t. the anchors; the memory is a constant (no gradient)."""
 
     @staticmethod
-    def forward(ctx, features, labels, memory, filled, temperature, scale):  # noqa: D102
+    def forward(ctx, features, labels, memory, filled, temperature, scale):
         num_anchors = features.shape[0]
         num_classes, rows, dim = memory.shape
         unfilled = torch.zeros(filled.shape, dtype=features.dtype, device=features.device)
@@ -340,7 +346,7 @@ class _ClassMemoryContrast(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad_output):  # noqa: D102
+    def backward(ctx, grad_output):
         (grad_features,) = ctx.saved_tensors
         return grad_features * (grad_output / ctx.temperature), None, None, None, None, None
 
@@ -391,6 +397,10 @@ def class_memory_contrastive_loss(
     with torch.autocast(device_type=features.device.type, enabled=False):
         dtype = torch.promote_types(features.dtype, torch.float32)
         return _ClassMemoryContrast.apply(
-            features.to(dtype), labels, as_contrast_rows(memory, dtype), filled.bool(), temperature,
+            features.to(dtype),
+            labels,
+            as_contrast_rows(memory, dtype),
+            filled.bool(),
+            temperature,
             temperature / base_temperature,
         )

@@ -49,7 +49,6 @@ def warp_features(features: Tensor, geometry: Tensor, output_size: tuple[int, in
     return F.grid_sample(features, grid.to(features.dtype), mode="bilinear", align_corners=False)
 
 
-
 def _check_pair(features: Tensor, centroids: Tensor) -> None:
     if features.ndim != 4:
         raise ValueError(f"features must be B x D x h x w, got shape {tuple(features.shape)}")
@@ -214,22 +213,28 @@ def picie_loss(
             f"{tuple(centroids2.shape)}"
         )
     if labels is None:
-        labels = (assign_clusters(features1.detach(), centroids1, logits),
-                  assign_clusters(features2.detach(), centroids2, logits))
+        labels = (
+            assign_clusters(features1.detach(), centroids1, logits),
+            assign_clusters(features2.detach(), centroids2, logits),
+        )
     labels1, labels2 = labels
     expected = (features1.shape[0], *features1.shape[-2:])
     if tuple(labels1.shape) != expected or tuple(labels2.shape) != expected:
-        raise ValueError(f"labels must be B x h x w = {expected}, got {tuple(labels1.shape)} and {tuple(labels2.shape)}")
+        raise ValueError(
+            f"labels must be B x h x w = {expected}, got {tuple(labels1.shape)} and {tuple(labels2.shape)}"
+        )
 
     sizes1, sizes2 = cluster_sizes if cluster_sizes is not None else (None, None)
 
     def cross_entropy(features: Tensor, centroids: Tensor, target: Tensor, sizes: Tensor | None) -> Tensor:
         return cluster_cross_entropy(features, centroids, target, temperature, class_weights, logits, sizes)
 
-    within = 0.5 * (cross_entropy(features1, centroids1, labels1, sizes1)
-                    + cross_entropy(features2, centroids2, labels2, sizes2))
-    across = 0.5 * (cross_entropy(features1, centroids2, labels2, sizes2)
-                    + cross_entropy(features2, centroids1, labels1, sizes1))
+    within = 0.5 * (
+        cross_entropy(features1, centroids1, labels1, sizes1) + cross_entropy(features2, centroids2, labels2, sizes2)
+    )
+    across = 0.5 * (
+        cross_entropy(features1, centroids2, labels2, sizes2) + cross_entropy(features2, centroids1, labels1, sizes1)
+    )
     return PiCIELossOutput(0.5 * (within + across), within, across, labels1, labels2)
 
 
@@ -258,8 +263,17 @@ class PiCIELoss(nn.Module):
         labels: tuple[Tensor, Tensor] | None = None,
         cluster_sizes: tuple[Tensor, Tensor] | None = None,
     ) -> PiCIELossOutput:
-        return picie_loss(features1, features2, centroids1, centroids2, self.temperature, self.class_weights,
-                          self.logits, labels, cluster_sizes)
+        return picie_loss(
+            features1,
+            features2,
+            centroids1,
+            centroids2,
+            self.temperature,
+            self.class_weights,
+            self.logits,
+            labels,
+            cluster_sizes,
+        )
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, class_weights={self.class_weights!r}, logits={self.logits!r}"

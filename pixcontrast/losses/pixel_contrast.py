@@ -128,9 +128,7 @@ class PixelContrastLoss(nn.Module):
     def _contrast(self, anchors: Tensor, anchor_labels: Tensor, generator: torch.Generator | None) -> Tensor:
         """The anchors against the bank, against the anchors of every rank, or among themselves."""
         if self.memory_bank is not None:
-            return self.memory_bank.contrast(
-                anchors, anchor_labels, self.temperature, self.base_temperature, generator
-            )
+            return self.memory_bank.contrast(anchors, anchor_labels, self.temperature, self.base_temperature, generator)
         if self.gather_anchors and is_distributed():
             return self._global_contrast(anchors, anchor_labels)
         return supervised_contrastive_loss(anchors, anchor_labels, self.temperature, self.base_temperature)

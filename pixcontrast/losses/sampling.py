@@ -182,13 +182,13 @@ class _GatherPixels(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, maps, image, pixel):  # noqa: D102
+    def forward(ctx, maps, image, pixel):
         ctx.save_for_backward(image, pixel)
         ctx.map_shape = maps.shape
         return maps.flatten(2)[image, :, pixel]
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx, grad):
         image, pixel = ctx.saved_tensors
         batch, channels, height, width = ctx.map_shape
         plane = height * width

@@ -127,8 +127,7 @@ class HungarianMatchedSegmentation(Metric):
         num_clusters = num_classes if num_clusters is None else num_clusters
         if num_classes < 1 or num_clusters < 1:
             raise ValueError(
-                f"num_classes and num_clusters must be >= 1, got num_classes={num_classes}, "
-                f"num_clusters={num_clusters}"
+                f"num_classes and num_clusters must be >= 1, got num_classes={num_classes}, num_clusters={num_clusters}"
             )
         if matching not in MATCHINGS:
             raise ValueError(f"matching must be one of {MATCHINGS}, got {matching!r}")
@@ -178,9 +177,7 @@ class HungarianMatchedSegmentation(Metric):
                     f"{self.ignore_index}; check num_classes and the dataset's label set"
                 )
             if bool(bad_cluster.any()):
-                raise ValueError(
-                    f"preds hold cluster ids outside [0, {self.num_clusters}); check num_clusters"
-                )
+                raise ValueError(f"preds hold cluster ids outside [0, {self.num_clusters}); check num_clusters")
         bins = self.num_classes * self.num_clusters
         # Ignored pixels go to one extra bin that is dropped, so no boolean indexing (no host sync).
         index = torch.where(valid, target * self.num_clusters + clusters, torch.full_like(target, bins))

@@ -83,7 +83,7 @@ def run_padded(
     padded = F.pad(images, (0, (divisor - width % divisor) % divisor, 0, (divisor - height % divisor) % divisor))
     return [
         feature[..., : ceil_div(height, reduction), : ceil_div(width, reduction)]
-        for feature, reduction in zip(forward(padded), reductions)
+        for feature, reduction in zip(forward(padded), reductions, strict=True)
     ]
 
 
@@ -114,7 +114,9 @@ class TimmEncoder(Encoder):
         super().__init__()
         check_output_stride(output_stride)
         if not dilate and output_stride is not None:
-            raise ValueError(f"dilate=False keeps the model's own stride; output_stride must be None, got {output_stride}")
+            raise ValueError(
+                f"dilate=False keeps the model's own stride; output_stride must be None, got {output_stride}"
+            )
         wanted = output_stride if output_stride is not None else DENSE_OUTPUT_STRIDE if dilate else None
         self.model = self._create(name, wanted, explicit=output_stride is not None, pretrained=pretrained)
         if weights_path is not None:
@@ -268,7 +270,9 @@ def _stride(value: float) -> float:
 def timm_family(name: str) -> str | None:
     """The timm module of model ``name`` (``name.tag`` allowed) among the families with own handling, else None."""
     architecture = name.split(".")[0]
-    return next((module for module in ("hrnet", *ANY_SIZE_KWARGS) if architecture in timm.list_models(module=module)), None)
+    return next(
+        (module for module in ("hrnet", *ANY_SIZE_KWARGS) if architecture in timm.list_models(module=module)), None
+    )
 
 
 def is_hrnet(name: str) -> bool:

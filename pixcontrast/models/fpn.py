@@ -38,7 +38,7 @@ class LightFPN(nn.Module):
         if len(features) != len(self.laterals):
             raise ValueError(f"LightFPN expects {len(self.laterals)} feature levels, got {len(features)}")
         merged = self.laterals[-1](features[-1])
-        for lateral, feature in zip(reversed(self.laterals[:-1]), reversed(features[:-1])):
+        for lateral, feature in zip(reversed(self.laterals[:-1]), reversed(features[:-1]), strict=True):
             upsampled = F.interpolate(merged, size=feature.shape[-2:], mode="bilinear", align_corners=False)
             merged = lateral(feature) + upsampled
         return merged

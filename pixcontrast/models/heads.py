@@ -188,4 +188,3 @@ class ProjectionHead(nn.Module):
             hidden = norm(hidden)
         embeddings = F.linear(activation(hidden.flatten(1)), last.weight.flatten(1), last.bias)
         return F.normalize(embeddings, p=2, dim=1)
-

@@ -165,11 +165,7 @@ def _best_prefix(state: Mapping[str, Tensor], expected: Mapping[str, Tensor]) ->
     anchor = next((key for key in expected if not key.endswith("num_batches_tracked")), None)
     if anchor is None:
         return ""
-    candidates = {
-        key[: len(key) - len(anchor)]
-        for key in state
-        if key == anchor or key.endswith("." + anchor)
-    }
+    candidates = {key[: len(key) - len(anchor)] for key in state if key == anchor or key.endswith("." + anchor)}
     # ties (e.g. PiCIE's trained network and its frozen labelling copy) go to the shortest prefix
     ordered = sorted(candidates, key=lambda p: (len(p), p))
     return max(ordered, key=lambda p: sum(p + key in state for key in expected), default="")

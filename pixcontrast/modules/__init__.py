@@ -5,4 +5,4 @@ from pixcontrast.modules.contrastive import ContrastiveSegmenter
 from pixcontrast.modules.picie import PiCIE
 from pixcontrast.modules.pixel_contrast import PixelContrast
 
-__all__ = ["SegmentationModule", "ContrastiveSegmenter", "PiCIE", "PixelContrast"]
+__all__ = ["ContrastiveSegmenter", "PiCIE", "PixelContrast", "SegmentationModule"]

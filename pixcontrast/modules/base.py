@@ -224,8 +224,9 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
         if bool(finite.all()):
             return
         bad = {name: value.item() for name, value in losses.items() if not torch.isfinite(value).all()}
+        images = list(names) if names is not None else "unnamed"
         raise FloatingPointError(
-            f"non-finite loss at global step {self.global_step} (images {list(names) if names is not None else 'unnamed'}): {bad}. "
+            f"non-finite loss at global step {self.global_step} (images {images}): {bad}. "
             "Lower the learning rate, check the inputs for NaN/inf, or use bf16 instead of fp16 mixed precision."
         )
 
@@ -295,4 +296,3 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-

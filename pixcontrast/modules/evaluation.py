@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
+
 class StageEvaluation:
     """Mixin (put it before ``LightningModule`` in the bases) for the validation and test steps.
 
@@ -37,7 +38,7 @@ class StageEvaluation:
             return
         per_class = values.pop("per_class_iou")
         logged = {f"{stage}/{name}": value for name, value in values.items()}
-        logged.update({f"{stage}/iou_{name}": iou for name, iou in zip(self.class_names, per_class)})
+        logged.update({f"{stage}/iou_{name}": iou for name, iou in zip(self.class_names, per_class, strict=True)})
         self.log_dict(logged)  # type: ignore[attr-defined]
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:

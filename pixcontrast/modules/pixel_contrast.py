@@ -66,8 +66,13 @@ class PixelContrast(nn.Module):
         project_sampled_pixels: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in [("in_channels", in_channels), ("num_classes", num_classes), ("proj_dim", proj_dim),
-                            ("segment_pixels", segment_pixels), ("pixels_per_image", pixels_per_image)]:
+        for name, value in [
+            ("in_channels", in_channels),
+            ("num_classes", num_classes),
+            ("proj_dim", proj_dim),
+            ("segment_pixels", segment_pixels),
+            ("pixels_per_image", pixels_per_image),
+        ]:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if loss_weight < 0:
@@ -153,7 +158,8 @@ class PixelContrast(nn.Module):
             raise ValueError(f"masks must be B x H x W with B = {batch}, got shape {tuple(masks.shape)}")
         if logits.dim() != 4 or logits.shape[0] != batch:
             raise ValueError(
-                f"logits must be B x K x h x w with B = {batch} (the segmentation output), got shape {tuple(logits.shape)}"
+                f"logits must be B x K x h x w with B = {batch} (the segmentation output), "
+                f"got shape {tuple(logits.shape)}"
             )
 
     def extra_repr(self) -> str:

@@ -44,8 +44,15 @@ class ToyModule(pl.LightningModule):
 
 def trainer(tmp_path, callback, max_epochs=2, **kwargs) -> pl.Trainer:
     return pl.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[callback], **kwargs
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[callback],
+        **kwargs,
     )
 
 

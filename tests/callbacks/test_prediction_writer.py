@@ -54,8 +54,12 @@ class _ToyData(L.LightningDataModule):
 def _predict(tmp_path, module, datamodule, **writer_kwargs):
     writer = SegmentationPredictionWriter(tmp_path / "out", **writer_kwargs)
     trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[writer], default_root_dir=tmp_path,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[writer],
+        default_root_dir=tmp_path,
     )
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
     return tmp_path / "out"

@@ -12,9 +12,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from pixcontrast.callbacks.visualization import SegmentationVisualizer, confusion_counts
-from pixcontrast.losses.sampling import sample_per_group
 from pixcontrast.data.base import denormalize_image
 from pixcontrast.data.synthetic import SyntheticScenesDataModule
+from pixcontrast.losses.sampling import sample_per_group
 from pixcontrast.visualization_utils import GRID_PANELS, HEADER_HEIGHT, tile_scale
 
 SIZE = 48
@@ -96,8 +96,11 @@ def test_writes_grid_embeddings_and_confusion_pngs_and_logs_them(tmp_path):
     module = _fit(tmp_path, SegmentationVisualizer(num_images=3, sample_images=5))
     folder = tmp_path / "run" / "version_0" / "visualizations"
     pictures = _pngs(folder)
-    assert sorted(pictures) == ["confusion_matrix_epoch000.png", "embeddings_epoch000.png",
-                                "segmentation_grid_epoch000.png"]
+    assert sorted(pictures) == [
+        "confusion_matrix_epoch000.png",
+        "embeddings_epoch000.png",
+        "segmentation_grid_epoch000.png",
+    ]
     assert module.hook_calls == 2  # 5 fixed images in chunks of the eval batch size (4); not in the sanity check
     grid = pictures["segmentation_grid_epoch000.png"]
     scale = tile_scale(SIZE)
@@ -118,8 +121,9 @@ def test_writes_grid_embeddings_and_confusion_pngs_and_logs_them(tmp_path):
 
 
 def test_every_n_epochs_and_chosen_parts(tmp_path):
-    callback = SegmentationVisualizer(num_images=2, every_n_epochs=2, embeddings=False, confusion_matrix=False,
-                                      output_dir=str(tmp_path / "pictures"))
+    callback = SegmentationVisualizer(
+        num_images=2, every_n_epochs=2, embeddings=False, confusion_matrix=False, output_dir=str(tmp_path / "pictures")
+    )
     _fit(tmp_path, callback, max_epochs=2)
     assert sorted(_pngs(tmp_path / "pictures")) == ["segmentation_grid_epoch001.png"]
 
@@ -134,9 +138,16 @@ def _fake_trainer(tmp_path, is_global_zero: bool) -> SimpleNamespace:
     datamodule = _datamodule()
     datamodule.setup("validate")
     return SimpleNamespace(
-        sanity_checking=False, current_epoch=0, global_step=7, is_global_zero=is_global_zero, global_rank=0,
-        datamodule=datamodule, val_dataloaders=datamodule.val_dataloader(), log_dir=str(tmp_path),
-        default_root_dir=str(tmp_path), loggers=[],
+        sanity_checking=False,
+        current_epoch=0,
+        global_step=7,
+        is_global_zero=is_global_zero,
+        global_rank=0,
+        datamodule=datamodule,
+        val_dataloaders=datamodule.val_dataloader(),
+        log_dir=str(tmp_path),
+        default_root_dir=str(tmp_path),
+        loggers=[],
     )
 
 
@@ -178,8 +189,12 @@ def test_confusion_counts_and_per_group_sampling():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"num_images": 0}, "num_images"), ({"every_n_epochs": 0}, "every_n_epochs"),
-     ({"max_points_per_class": 0}, "max_points_per_class"), ({"projection": "mds"}, "projection")],
+    [
+        ({"num_images": 0}, "num_images"),
+        ({"every_n_epochs": 0}, "every_n_epochs"),
+        ({"max_points_per_class": 0}, "max_points_per_class"),
+        ({"projection": "mds"}, "projection"),
+    ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -206,9 +221,18 @@ def test_ddp_two_processes_only_rank_zero_writes(tmp_path):
     markers.mkdir()
     callback = MarkingVisualizer(num_images=2, sample_images=2, output_dir=str(markers))
     trainer = L.Trainer(
-        max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
-        callbacks=[callback], limit_train_batches=1, limit_val_batches=1, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=1,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        callbacks=[callback],
+        limit_train_batches=1,
+        limit_val_batches=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     trainer.fit(ToySegmenter(marker_dir=str(markers)), datamodule=_datamodule())
     names = sorted(os.listdir(markers))

@@ -27,7 +27,7 @@ def test_configs_lists_every_config_with_its_description_aligned(argv, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(NAMES) == 19 and len(lines) == len(NAMES)
     column = max(map(len, NAMES)) + 2
-    for name, line in zip(NAMES, lines):
+    for name, line in zip(NAMES, lines, strict=True):
         assert line[:column].rstrip() == name
         assert line[column:] == first_comment(name) and line[column:]  # one line each, none empty
     assert list(list_configs()) == NAMES
@@ -40,8 +40,12 @@ def test_configs_show_prints_the_file_verbatim(capsys):
 
 @pytest.mark.parametrize(
     "argv",
-    [["configs", "show", "synthetic_contrst"], ["fit", "--config", "synthetic_contrst"],
-     ["fit", "--config=synthetic_contrst"], ["fit", "-c", "examples/configs/synthetic_contrst.yaml"]],
+    [
+        ["configs", "show", "synthetic_contrst"],
+        ["fit", "--config", "synthetic_contrst"],
+        ["fit", "--config=synthetic_contrst"],
+        ["fit", "-c", "examples/configs/synthetic_contrst.yaml"],
+    ],
     ids=["configs show", "fit --config", "fit --config=", "fit -c path"],
 )
 def test_an_unknown_name_fails_with_status_2_and_close_matches(argv, tmp_path, monkeypatch, capsys):
@@ -57,8 +61,12 @@ def test_an_unknown_name_fails_with_status_2_and_close_matches(argv, tmp_path, m
 
 @pytest.mark.parametrize(
     "flags",
-    [["--config", "synthetic_contrast"], ["-c", "synthetic_contrast"], ["--config=synthetic_contrast"],
-     ["--config", "synthetic_contrast", "--config", "override.yaml"]],
+    [
+        ["--config", "synthetic_contrast"],
+        ["-c", "synthetic_contrast"],
+        ["--config=synthetic_contrast"],
+        ["--config", "synthetic_contrast", "--config", "override.yaml"],
+    ],
     ids=["--config NAME", "-c NAME", "--config=NAME", "NAME then a file"],
 )
 @pytest.mark.parametrize("through", ["argv", "sys.argv"])
@@ -100,8 +108,23 @@ def test_the_wheel_ships_the_configs_py_typed_and_the_license(tmp_path):
     shutil.copytree(REPO / "pixcontrast", source / "pixcontrast", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, source)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
-                    "--no-index", "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (wheel,) = (tmp_path / "dist").glob("pixcontrast-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())

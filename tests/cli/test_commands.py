@@ -46,13 +46,27 @@ def test_fit_writes_best_and_last_checkpoints_and_tensorboard_logs(trained_run):
 
 def test_export_torchscript_matches_forward_and_drops_the_projection_head(trained_run, tmp_path):
     output = tmp_path / "model.pt"
-    main(["export", "--ckpt", str(last_checkpoint(trained_run)), "--format", "torchscript",
-          "--output", str(output), "--height", "48", "--width", "48"])
+    main(
+        [
+            "export",
+            "--ckpt",
+            str(last_checkpoint(trained_run)),
+            "--format",
+            "torchscript",
+            "--output",
+            str(output),
+            "--height",
+            "48",
+            "--width",
+            "48",
+        ]
+    )
     exported = torch.jit.load(str(output))
     checkpoint = torch.load(last_checkpoint(trained_run), map_location="cpu", weights_only=False)
     hparams = checkpoint["hyper_parameters"]
-    plain = Segmenter(hparams["num_classes"], encoder=hparams["encoder"], head=hparams["head"],
-                      head_channels=hparams["head_channels"])
+    plain = Segmenter(
+        hparams["num_classes"], encoder=hparams["encoder"], head=hparams["head"], head_channels=hparams["head_channels"]
+    )
     assert sum(p.numel() for p in exported.parameters()) == sum(p.numel() for p in plain.parameters())
     from pixcontrast.modules import ContrastiveSegmenter
 
@@ -63,10 +77,18 @@ def test_export_torchscript_matches_forward_and_drops_the_projection_head(traine
 
 
 def test_predict_writes_label_maps_and_overlays(trained_run, tmp_path):
-    main(["predict", "--config", str(CONFIG_DIR / "synthetic_contrast.yaml"), f"--trainer.default_root_dir={tmp_path}",
-          *TINY, "--trainer.callbacks+=pixcontrast.callbacks.SegmentationPredictionWriter",
-          f"--trainer.callbacks.output_dir={tmp_path / 'predictions'}",
-          f"--ckpt_path={last_checkpoint(trained_run)}"])
+    main(
+        [
+            "predict",
+            "--config",
+            str(CONFIG_DIR / "synthetic_contrast.yaml"),
+            f"--trainer.default_root_dir={tmp_path}",
+            *TINY,
+            "--trainer.callbacks+=pixcontrast.callbacks.SegmentationPredictionWriter",
+            f"--trainer.callbacks.output_dir={tmp_path / 'predictions'}",
+            f"--ckpt_path={last_checkpoint(trained_run)}",
+        ]
+    )
     labels = sorted((tmp_path / "predictions" / "labels").glob("*.png"))
     overlays = sorted((tmp_path / "predictions" / "overlays").glob("*.png"))
     assert len(labels) == 4 and len(overlays) == 4

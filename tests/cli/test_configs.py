@@ -69,8 +69,13 @@ def overrides(config: dict, tmp_path: Path) -> list[str]:
     if inner is not None:  # PiCIE wraps the datamodule of the images
         prefix = "--data.init_args.datamodule.init_args"
         root = dataset_root(inner["class_path"], tmp_path, labelled=False)
-        args += [f"{prefix}.batch_size=2", f"{prefix}.num_workers=0", "--data.init_args.view_size=64",
-                 "--data.init_args.input_size=64", "--data.init_args.eval_size=32"]
+        args += [
+            f"{prefix}.batch_size=2",
+            f"{prefix}.num_workers=0",
+            "--data.init_args.view_size=64",
+            "--data.init_args.input_size=64",
+            "--data.init_args.eval_size=32",
+        ]
     else:
         prefix = "--data.init_args"
         root = dataset_root(data["class_path"], tmp_path)
@@ -109,8 +114,15 @@ def test_synthetic_contrast_trains_a_vit_named_on_the_command_line(tmp_path):
 
     config_path = CONFIG_DIR / "synthetic_contrast.yaml"
     config = yaml.safe_load(config_path.read_text())
-    cli = run_lightning(["fit", "--config", str(config_path), *overrides(config, tmp_path),
-                         "--model.init_args.encoder=vit_tiny_patch16_224"])
+    cli = run_lightning(
+        [
+            "fit",
+            "--config",
+            str(config_path),
+            *overrides(config, tmp_path),
+            "--model.init_args.encoder=vit_tiny_patch16_224",
+        ]
+    )
     assert isinstance(cli.model.model.encoder, ViTEncoder)
     assert cli.trainer.global_step == 1
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
@@ -119,17 +131,38 @@ def test_synthetic_contrast_trains_a_vit_named_on_the_command_line(tmp_path):
 def test_pretraining_hands_its_encoder_to_the_picie_demo(tmp_path):
     """synthetic_pretrain.yaml writes last.ckpt; synthetic_picie.yaml builds PiCIE's encoder from it."""
     pretrain = yaml.safe_load((CONFIG_DIR / "synthetic_pretrain.yaml").read_text())
-    run_lightning(["fit", "--config", str(CONFIG_DIR / "synthetic_pretrain.yaml"),
-                   f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
-                   "--trainer.limit_val_batches=1", "--trainer.logger=false", *CPU[1:],
-                   "--data.init_args.batch_size=2", "--data.init_args.num_train=2", "--data.init_args.num_val=2"])
+    run_lightning(
+        [
+            "fit",
+            "--config",
+            str(CONFIG_DIR / "synthetic_pretrain.yaml"),
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=1",
+            "--trainer.limit_val_batches=1",
+            "--trainer.logger=false",
+            *CPU[1:],
+            "--data.init_args.batch_size=2",
+            "--data.init_args.num_train=2",
+            "--data.init_args.num_val=2",
+        ]
+    )
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
     state = torch.load(checkpoint, weights_only=True)["state_dict"]
     picie = yaml.safe_load((CONFIG_DIR / "synthetic_picie.yaml").read_text())
     assert picie["model"]["init_args"]["encoder"] == pretrain["model"]["init_args"]["encoder"]
-    cli = run_lightning(["fit", "--config", str(CONFIG_DIR / "synthetic_picie.yaml"),
-                         f"--model.init_args.weights_path={checkpoint}", "--trainer.max_steps=0",
-                         f"--trainer.default_root_dir={tmp_path / 'picie'}", "--trainer.logger=false", *CPU[1:]])
+    cli = run_lightning(
+        [
+            "fit",
+            "--config",
+            str(CONFIG_DIR / "synthetic_picie.yaml"),
+            f"--model.init_args.weights_path={checkpoint}",
+            "--trainer.max_steps=0",
+            f"--trainer.default_root_dir={tmp_path / 'picie'}",
+            "--trainer.logger=false",
+            *CPU[1:],
+        ]
+    )
     encoder = cli.model.network.encoder.model.state_dict()
     prefix = "model.network.encoder.model."
     assert all(torch.equal(value, state[prefix + key]) for key, value in encoder.items())

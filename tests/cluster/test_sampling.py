@@ -10,7 +10,7 @@ def test_keeps_the_smallest_keys_whatever_the_batching():
     expected = rows[keys.argsort()[:10]]
     for sizes in ([100], [3, 40, 57], [1] * 100):
         sampler = UniformSubsample(10)
-        for part_rows, part_keys in zip(rows.split(sizes), keys.split(sizes)):
+        for part_rows, part_keys in zip(rows.split(sizes), keys.split(sizes), strict=True):
             sampler.add(part_rows, part_keys)
         assert sampler.seen == 100
         assert torch.equal(sampler.result(), expected)

@@ -41,7 +41,7 @@ def make_cityscapes(root: Path, counts: dict[str, int] | None = None, seed: int 
 
 def context_labels_text(shift: int = 0) -> str:
     """A 459-line ``labels.txt``: the 59 classes at their standard ids (+ ``shift``), filler names elsewhere."""
-    names = {raw + shift: name for raw, name in zip(PASCAL_CONTEXT_59_RAW_IDS, PASCAL_CONTEXT_59_NAMES)}
+    names = {raw + shift: name for raw, name in zip(PASCAL_CONTEXT_59_RAW_IDS, PASCAL_CONTEXT_59_NAMES, strict=True)}
     return "".join(f"{i}: {names.get(i, f'other {i}')}\n" for i in range(1, 460))
 
 
@@ -111,9 +111,7 @@ FOLDER_PALETTE = ((128, 0, 0), (0, 128, 0), (0, 0, 128))
 FOLDER_IGNORE_COLOUR = (255, 255, 255)
 
 
-def make_folder(
-    root: Path, count: int = 6, masks: bool = True, colour_masks: bool = False, seed: int = 0
-) -> Path:
+def make_folder(root: Path, count: int = 6, masks: bool = True, colour_masks: bool = False, seed: int = 0) -> Path:
     """Your own data: ``images/<nested path>/<name>.{jpg,png}`` and, with ``masks``, ``masks/<same>.png`` with class
     ids 0..2 and 255 (``colour_masks``: the same classes painted in :data:`FOLDER_PALETTE`, white = ignore)."""
     rng = np.random.default_rng(seed)

@@ -175,14 +175,17 @@ def test_train_id_files_with_label_ids_raise_naming_the_prepare_command(cityscap
     train_ids = cityscapes_root / LABEL_IDS.replace("labelIds", "labelTrainIds")
     write_png_label(train_ids, np.full((HEIGHT, WIDTH), 40))  # e.g. label ids saved under the train-id name
     dataset = CityscapesDataModule(str(cityscapes_root)).build_dataset("val")
-    with pytest.raises(LabelValueError, match=r"labelTrainIds\.png.*: 40\. Expected Cityscapes train ids 0\.\.18 and 255.*"
-                       r"pixcontrast prepare cityscapes --root ROOT --overwrite"):
+    with pytest.raises(
+        LabelValueError,
+        match=r"labelTrainIds\.png.*: 40\. Expected Cityscapes train ids 0\.\.18 and 255.*"
+        r"pixcontrast prepare cityscapes --root ROOT --overwrite",
+    ):
         dataset.load_sample(0)
 
 
 def test_prepare_rejects_unknown_label_ids(cityscapes_root: Path) -> None:
     write_png_label(cityscapes_root / LABEL_IDS, np.full((HEIGHT, WIDTH), 77))
-    with pytest.raises(LabelValueError, match="aachen_000000_000019_gtFine_labelIds.png.*77"):
+    with pytest.raises(LabelValueError, match=r"aachen_000000_000019_gtFine_labelIds\.png.*77"):
         prepare_cityscapes(cityscapes_root, workers=1)
 
 

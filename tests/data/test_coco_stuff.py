@@ -115,7 +115,7 @@ def test_corrupt_annotation_is_named(tmp_path: Path) -> None:
     root = make_coco_stuff_10k(tmp_path / "coco10k")
     (root / "annotations" / "COCO_train2014_000000000081.mat").write_bytes(b"not a mat file")
     dataset = COCOStuffDataModule(str(root), variant="10k").build_dataset("val")
-    with pytest.raises(RuntimeError, match="COCO_train2014_000000000081.mat"):
+    with pytest.raises(RuntimeError, match=r"COCO_train2014_000000000081\.mat"):
         dataset.load_sample(0)
 
 

@@ -45,7 +45,7 @@ def test_hash_split_ignores_listing_order_and_other_files() -> None:
     train, val = hash_split(paths, 0.25)
     shuffled = random.Random(0).sample(paths, len(paths))
     assert set(hash_split(shuffled, 0.25)[1]) == set(val) and 60 <= len(val) <= 140
-    more_train, more_val = hash_split(paths + ["new/extra.jpg"], 0.25)
+    more_train, more_val = hash_split([*paths, "new/extra.jpg"], 0.25)
     assert set(val) <= set(more_val) and set(train) <= set(more_train)  # adding a file moves no other
     assert hash_split(paths[:2], 1e-9)[1]  # never an empty validation split
 
@@ -54,7 +54,9 @@ def test_validation_folders(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "data", count=4)
     make_folder(tmp_path / "held_out", count=2, seed=1)
     datamodule = FolderSegmentationDataModule(
-        str(root), class_names=NAMES, val_images=str(tmp_path / "held_out" / "images"),
+        str(root),
+        class_names=NAMES,
+        val_images=str(tmp_path / "held_out" / "images"),
         val_masks=str(tmp_path / "held_out" / "masks"),
     )
     assert len(datamodule.build_dataset("train")) == 4 and len(datamodule.build_dataset("val")) == 2
@@ -70,15 +72,18 @@ def test_label_map_maps_raw_values_and_unknown_values_raise(tmp_path: Path) -> N
     raw[0, :4] = (20, 0, 1, 255)
     write_png_label(root / "masks" / f"{name}.png", raw)
     label_map = {10: 2, 20: 0, 0: 255}
-    datamodule = FolderSegmentationDataModule(str(root), class_names=NAMES, label_map=label_map, val_images="images",
-                                              val_masks="masks")
+    datamodule = FolderSegmentationDataModule(
+        str(root), class_names=NAMES, label_map=label_map, val_images="images", val_masks="masks"
+    )
     dataset = datamodule.build_dataset("val")
     index = dataset.names.index(name)
     mask = dataset.load_sample(index).mask
     assert tuple(mask[0, :5]) == (0, 255, 1, 255, 2)  # 1 is not in label_map and stays class 1
     raw[5, 5] = 3
     write_png_label(root / "masks" / f"{name}.png", raw)
-    with pytest.raises(LabelValueError, match=rf"{name}\.png.*: 3\. Expected class ids 0\.\.2 .*label_map \(\[0, 10, 20\]\)"):
+    with pytest.raises(
+        LabelValueError, match=rf"{name}\.png.*: 3\. Expected class ids 0\.\.2 .*label_map \(\[0, 10, 20\]\)"
+    ):
         dataset.load_sample(index)
 
 
@@ -92,17 +97,24 @@ def test_plain_masks_with_values_beyond_the_classes_raise(tmp_path: Path) -> Non
 def test_colour_masks_through_the_palette(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "data", count=2, colour_masks=True)
     reference = make_folder(tmp_path / "ids", count=2)  # the same random draws as class ids
-    datamodule = FolderSegmentationDataModule(str(root), class_names=NAMES, palette=FOLDER_PALETTE,
-                                              ignore_colors=[(255, 255, 255)], val_images="images", val_masks="masks")
+    datamodule = FolderSegmentationDataModule(
+        str(root),
+        class_names=NAMES,
+        palette=FOLDER_PALETTE,
+        ignore_colors=[(255, 255, 255)],
+        val_images="images",
+        val_masks="masks",
+    )
     sample = datamodule.build_dataset("val").load_sample(1)
     np.testing.assert_array_equal(sample.mask, _raw_mask(reference, sample.name))
     np.testing.assert_array_equal(datamodule.palette, np.array(FOLDER_PALETTE, dtype=np.uint8))
-    strict = FolderSegmentationDataModule(str(root), class_names=NAMES, palette=FOLDER_PALETTE, val_images="images",
-                                          val_masks="masks")
+    strict = FolderSegmentationDataModule(
+        str(root), class_names=NAMES, palette=FOLDER_PALETTE, val_images="images", val_masks="masks"
+    )
     with pytest.raises(LabelValueError, match=r"\(255, 255, 255\)\. Expected RGB masks"):
         strict.build_dataset("val").load_sample(1)
     grey = FolderSegmentationDataModule(str(make_folder(tmp_path / "grey", count=2)), class_names=NAMES)
-    with pytest.raises(ValueError, match="colour image.*palette"):
+    with pytest.raises(ValueError, match=r"colour image.*palette"):
         FolderSegmentationDataModule(str(root), class_names=NAMES).build_dataset("train").load_sample(0)
     assert grey.build_dataset("train").load_sample(0).mask.max() <= 255
 
@@ -118,8 +130,12 @@ def test_without_masks_the_images_are_unlabelled(tmp_path: Path) -> None:
 def test_unlabelled_training_images_with_labelled_validation_folders(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "photos", count=4, masks=False)
     make_folder(tmp_path / "labelled", count=2, seed=1)
-    datamodule = FolderSegmentationDataModule(str(root), class_names=NAMES, val_images=str(tmp_path / "labelled/images"),
-                                              val_masks=str(tmp_path / "labelled/masks"))
+    datamodule = FolderSegmentationDataModule(
+        str(root),
+        class_names=NAMES,
+        val_images=str(tmp_path / "labelled/images"),
+        val_masks=str(tmp_path / "labelled/masks"),
+    )
     assert datamodule.has_labels  # PiCIE is evaluated on the validation masks
     datamodule.setup("fit")
     assert (datamodule.train_dataset.load_sample(0).mask == 255).all()
@@ -129,12 +145,18 @@ def test_unlabelled_training_images_with_labelled_validation_folders(tmp_path: P
 def test_supervised_module_on_unlabelled_data_fails_at_setup(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "photos", count=4, masks=False)
     datamodule = FolderSegmentationDataModule(str(root), class_names=NAMES, batch_size=2, crop_size=(16, 16))
-    trainer = L.Trainer(accelerator="cpu", fast_dev_run=True, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        fast_dev_run=True,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     model = SegmentationModule(num_classes=3, encoder="resnet18", head_channels=8)
     with pytest.raises(ValueError, match=r"SegmentationModule is supervised.*has no labels.*PiCIE"):
         trainer.fit(model, datamodule=datamodule)
-    with pytest.raises(ValueError, match="without classes.*needs class_names"):
+    with pytest.raises(ValueError, match=r"without classes.*needs class_names"):
         SegmentationModule(num_classes=FolderSegmentationDataModule(str(root)).num_classes)
 
 
@@ -171,7 +193,7 @@ def test_bad_layouts_name_the_problem(tmp_path: Path) -> None:
         FolderSegmentationDataModule(str(tmp_path / "nowhere")).setup("fit")
     root = make_folder(tmp_path / "data", count=3)
     with pytest.raises(ValueError, match=r"masks .* need class_names .*, e\.g\. --data\.class_names=\[sky,road,car\]"):
-        FolderSegmentationDataModule(str(root)).class_names
+        _ = FolderSegmentationDataModule(str(root)).class_names
     next((root / "masks").rglob("*.png")).unlink()
     with pytest.raises(FileNotFoundError, match=r"1 of \d train masks .* are missing"):
         FolderSegmentationDataModule(str(root), class_names=NAMES, val_fraction=0.01).setup("fit")
@@ -185,8 +207,16 @@ def test_bad_layouts_name_the_problem(tmp_path: Path) -> None:
 
 def test_a_bad_mask_read_in_a_loader_worker_is_named(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "data", count=2)
-    datamodule = FolderSegmentationDataModule(str(root), class_names=NAMES[:2], val_images="images", val_masks="masks",
-                                              num_workers=1, persistent_workers=False)
+    datamodule = FolderSegmentationDataModule(
+        str(root),
+        class_names=NAMES[:2],
+        val_images="images",
+        val_masks="masks",
+        num_workers=1,
+        persistent_workers=False,
+    )
     datamodule.setup("validate")
-    with pytest.raises(LabelValueError, match=r"(?s)LabelValueError: label map .*shot_00\d\.png.* 2\. Expected class ids 0\.\.1"):
+    with pytest.raises(
+        LabelValueError, match=r"(?s)LabelValueError: label map .*shot_00\d\.png.* 2\. Expected class ids 0\.\.1"
+    ):
         next(iter(datamodule.val_dataloader()))

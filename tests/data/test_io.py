@@ -21,7 +21,7 @@ def test_read_image_is_rgb(tmp_path: Path) -> None:
 
 
 def test_read_image_errors_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="image .*absent.png' does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"image .*absent\.png' does not exist"):
         read_image(tmp_path / "absent.png")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(RuntimeError, match=r"cannot decode image .*broken\.jpg"):
@@ -37,7 +37,7 @@ def test_read_label_grey_palette_and_colour(tmp_path: Path) -> None:
     palette.save(tmp_path / "palette.png")
     np.testing.assert_array_equal(read_label(tmp_path / "palette.png"), label)
     Image.fromarray(np.zeros((3, 4, 3), np.uint8)).save(tmp_path / "colour.png")
-    with pytest.raises(ValueError, match="colour.png' is a RGB colour image; expected single-channel"):
+    with pytest.raises(ValueError, match=r"colour\.png' is a RGB colour image; expected single-channel"):
         read_label(tmp_path / "colour.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(RuntimeError, match=r"cannot decode label map .*broken\.png"):

@@ -13,7 +13,7 @@ from pixcontrast.data.prepare import prepare_pascal_context
 
 @pytest.fixture
 def prepared(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
-    voc, raw_maps = make_pascal_context(tmp_path / "voc", tmp_path / "release")
+    _, raw_maps = make_pascal_context(tmp_path / "voc", tmp_path / "release")
     prepare_pascal_context(tmp_path / "voc", tmp_path / "release", workers=1)
     return tmp_path / "voc", raw_maps
 

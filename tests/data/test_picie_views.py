@@ -76,7 +76,7 @@ def test_epoch_reaches_persistent_workers():
 
 def test_item_is_the_photometric_then_geometric_transform_of_the_view():
     views = PiCIEViews(TinyDataset(), view_size=32, input_size=16, seed=1)
-    geometric, photometric1, photometric2 = views.draw_params(3)
+    geometric, photometric1, _ = views.draw_params(3)
     crop = CenterCropDataset(TinyDataset(), 32)[3]
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     view = crop["image"] * std + mean
@@ -84,8 +84,13 @@ def test_item_is_the_photometric_then_geometric_transform_of_the_view():
     expected1 = geometric.apply(photometric1.apply(view), 16).clamp(0, 1)
     assert torch.allclose(item["image1"] * std + mean, expected1, atol=1e-4)
     box = item["geometry"][:4] * 32
-    assert torch.equal(box, torch.tensor([geometric.left, geometric.top, geometric.left + geometric.size,
-                                          geometric.top + geometric.size], dtype=torch.float32))
+    assert torch.equal(
+        box,
+        torch.tensor(
+            [geometric.left, geometric.top, geometric.left + geometric.size, geometric.top + geometric.size],
+            dtype=torch.float32,
+        ),
+    )
 
 
 def test_geometric_parameters_follow_the_paper():
@@ -100,8 +105,12 @@ def test_geometric_parameters_follow_the_paper():
 def test_photometric_parameters_follow_the_paper():
     generator = torch.Generator().manual_seed(0)
     draws = [PhotometricParams.draw(generator) for _ in range(2000)]
-    for name, low, high in (("brightness", 0.7, 1.3), ("contrast", 0.7, 1.3), ("saturation", 0.7, 1.3),
-                            ("hue", -0.1, 0.1)):
+    for name, low, high in (
+        ("brightness", 0.7, 1.3),
+        ("contrast", 0.7, 1.3),
+        ("saturation", 0.7, 1.3),
+        ("hue", -0.1, 0.1),
+    ):
         values = [getattr(d, name) for d in draws if getattr(d, name) is not None]
         assert 0.77 < len(values) / len(draws) < 0.83
         assert low <= min(values) and max(values) <= high

@@ -41,7 +41,7 @@ def test_workers_give_the_same_batches():
     dataset = _dataset(8)
     single = list(DataLoader(dataset, batch_size=4, num_workers=0))
     multi = list(DataLoader(dataset, batch_size=4, num_workers=2))
-    for a, b in zip(single, multi):
+    for a, b in zip(single, multi, strict=True):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
         assert a["name"] == b["name"]
 
@@ -108,8 +108,8 @@ def test_class_family_1_is_another_task_from_the_same_vocabulary():
     base, other = scene_classes(8), scene_classes(8, class_family=1)
     assert scene_classes(8, 0).names == base.names  # family 0 is the default label set
     assert not set(base.names) & set(other.names)
-    assert set(zip(base.kind, base.freq.round(3), base.angle.round(3))).isdisjoint(
-        zip(other.kind, other.freq.round(3), other.angle.round(3))
+    assert set(zip(base.kind, base.freq.round(3), base.angle.round(3), strict=True)).isdisjoint(
+        zip(other.kind, other.freq.round(3), other.angle.round(3), strict=True)
     )  # no texture (kind, frequency, orientation) of family 0 in family 1
     assert set(other.kind.tolist()) <= set(range(6)) and other.is_thing.sum() == base.is_thing.sum()
     assert not np.allclose(base.hue, other.hue)

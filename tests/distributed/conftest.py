@@ -113,8 +113,15 @@ def run_ddp(command: str, config: Path, *extra: str, devices: int = 2, cwd: Path
         PYTHONWARNINGS="ignore",
     )
     args = [
-        sys.executable, "-m", "pixcontrast", command, "--config", str(config),
-        f"--trainer.devices={devices}", "--trainer.strategy=ddp", *extra,
+        sys.executable,
+        "-m",
+        "pixcontrast",
+        command,
+        "--config",
+        str(config),
+        f"--trainer.devices={devices}",
+        "--trainer.strategy=ddp",
+        *extra,
     ]
     result = subprocess.run(
         args, cwd=cwd or config.parent, env=env, capture_output=True, text=True, timeout=DDP_TIMEOUT_S

@@ -35,7 +35,9 @@ class StateProbe(Callback):
         self.names: list[list[str]] = []
         self.first_centroids: dict[str, torch.Tensor] | None = None
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.first_centroids is None:
             self.first_centroids = _cpu_copy(
                 {k: v for k, v in pl_module.state_dict().items() if k.startswith("centroids_")}
@@ -70,7 +72,9 @@ class CrashAtStep(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step >= self.step:
             raise SystemExit(f"simulated crash at step {trainer.global_step}")
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import (
     CONTRASTIVE,
     PICIE,
@@ -91,7 +90,9 @@ def test_sharded_ranks_hold_identical_state(sharded_memory_run):
 
 def test_sharded_memory_bank_is_gathered(sharded_memory_run):
     state = load(sharded_memory_run / "probe" / "rank0.pt")
-    names = [name for r in range(2) for step in load(sharded_memory_run / "probe" / f"rank{r}.pt")["names"] for name in step]
+    names = [
+        name for r in range(2) for step in load(sharded_memory_run / "probe" / f"rank{r}.pt")["names"] for name in step
+    ]
     filled = state["state_dict"]["contrast.criterion.memory_bank.filled"].numpy()
     assert (filled == expected_bank_rows(names)).all()  # rows of both ranks' 8 images, not of one rank's 4
     checkpoint = load(sharded_memory_run / "checkpoints" / "last.ckpt")
@@ -116,7 +117,9 @@ def test_sharded_metrics_equal_one_process_validate(sharded_memory_run, tmp_path
     assert local["val/loss"] == pytest.approx(ddp_metrics["val/loss"], rel=1e-2)
 
 
-def replicated_runs(root: Path, model: dict, data: dict, steps: int, callbacks: list | None = None) -> tuple[dict, dict]:
+def replicated_runs(
+    root: Path, model: dict, data: dict, steps: int, callbacks: list | None = None
+) -> tuple[dict, dict]:
     """The same run with 1 process and with 2 replicated processes; returns both probes (rank 0)."""
     states = []
     for devices in (1, 2):
@@ -181,7 +184,7 @@ def test_sharded_picie_clusters_globally(tmp_path):
     )
     run_ddp("fit", config, "--checkpoint.save_top_k=0")
     rank0, rank1 = (load(tmp_path / "probe" / f"rank{r}.pt") for r in range(2))
-    assert all(set(step0).isdisjoint(step1) for step0, step1 in zip(rank0["names"], rank1["names"]))
+    assert all(set(step0).isdisjoint(step1) for step0, step1 in zip(rank0["names"], rank1["names"], strict=True))
     assert_states_equal(rank0["first_centroids"], rank1["first_centroids"])
     assert_states_equal(rank0["state_dict"], rank1["state_dict"])  # weights, centroids, matching
     assert_optimizer_states_equal(rank0["optimizer"], rank1["optimizer"])

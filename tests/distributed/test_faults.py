@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import CONTRASTIVE, load, model_config, run_local, write_config
 from fsspec.implementations.local import LocalFileOpener
 
-from conftest import CONTRASTIVE, load, model_config, write_config, run_local
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from dataset_layouts import make_cityscapes  # noqa: E402
+from dataset_layouts import make_cityscapes
 
 SUPERVISED = {
     "class_path": "pixcontrast.modules.SegmentationModule",
@@ -39,7 +38,11 @@ def test_corrupt_image_in_a_loader_worker_names_the_file(tmp_path):
     data = {
         "class_path": "pixcontrast.data.CityscapesDataModule",
         "init_args": {
-            "root": str(root), "batch_size": 1, "num_workers": 1, "crop_size": [32, 32], "scale_range": None,
+            "root": str(root),
+            "batch_size": 1,
+            "num_workers": 1,
+            "crop_size": [32, 32],
+            "scale_range": None,
             "persistent_workers": False,
         },
     }
@@ -69,8 +72,10 @@ def test_interrupted_checkpoint_write_keeps_the_last_good_checkpoint(tmp_path, m
     config = write_config(
         tmp_path / "config.yaml",
         SUPERVISED,
-        {"class_path": "pixcontrast.data.SyntheticScenesDataModule",
-         "init_args": {"num_classes": 4, "image_size": 48, "num_train": 2, "num_val": 2, "batch_size": 1}},
+        {
+            "class_path": "pixcontrast.data.SyntheticScenesDataModule",
+            "init_args": {"num_classes": 4, "image_size": 48, "num_train": 2, "num_val": 2, "batch_size": 1},
+        },
         tmp_path,
         max_steps=4,
     )

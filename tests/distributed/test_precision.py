@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from conftest import CONTRASTIVE, PICIE, load, model_config, picie_data, probe, run_local, synthetic_data, write_config
 
 
@@ -21,8 +20,13 @@ from conftest import CONTRASTIVE, PICIE, load, model_config, picie_data, probe, 
 )
 def test_bf16_mixed_trains_without_nan(tmp_path, model, data, callbacks):
     config = write_config(
-        tmp_path / "config.yaml", model, data, tmp_path, callbacks=[*callbacks, probe(tmp_path / "probe")],
-        precision="bf16-mixed", max_steps=3,
+        tmp_path / "config.yaml",
+        model,
+        data,
+        tmp_path,
+        callbacks=[*callbacks, probe(tmp_path / "probe")],
+        precision="bf16-mixed",
+        max_steps=3,
     )
     run_local("fit", config, "--checkpoint.save_top_k=0")
     state = load(tmp_path / "probe" / "rank0.pt")

@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import (
     CONTRASTIVE,
     PICIE,
@@ -55,8 +54,7 @@ def crash_and_resume(root: Path, model: dict, data: dict, callbacks: list) -> tu
         run_local("fit", configs["crashed"])
     checkpoints = root / "crashed" / "checkpoints"
     assert load(checkpoints / "last.ckpt")["global_step"] == 2
-    run_local("fit", configs["resumed"], f"--checkpoint.dirpath={checkpoints}",
-              "--ckpt_path=last")
+    run_local("fit", configs["resumed"], f"--checkpoint.dirpath={checkpoints}", "--ckpt_path=last")
     full, resumed = load(root / "full" / "probe" / "rank0.pt"), load(root / "resumed" / "probe" / "rank0.pt")
     assert resumed["global_step"] == full["global_step"] == 4
     assert resumed["names"] == full["names"][2:]  # the same data order after the restart
@@ -79,7 +77,7 @@ def test_contrast_with_memory_resumes_exactly(tmp_path):
 
 
 def test_picie_resumes_exactly(tmp_path):
-    full, resumed = crash_and_resume(tmp_path, model_config(PICIE), picie_data(num_train=4, batch_size=2), [KMEANS])
+    full, _ = crash_and_resume(tmp_path, model_config(PICIE), picie_data(num_train=4, batch_size=2), [KMEANS])
     assert full["state_dict"]["clustered"]
     for key in ("centroids_view1", "centroids_view2"):
         assert full["first_centroids"][key].abs().sum() > 0

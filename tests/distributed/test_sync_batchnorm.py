@@ -49,9 +49,11 @@ def test_sync_batchnorm_conversion_covers_every_norm_and_keeps_outputs(name):
             expected = _outputs(network, images, train)
             torch.manual_seed(1)
             actual = _outputs(synced, images, train)
-        for a, b in zip(actual, expected):
+        for a, b in zip(actual, expected, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert all(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in synced.modules() if isinstance(m, nn.SyncBatchNorm))
+    assert all(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in synced.modules() if isinstance(m, nn.SyncBatchNorm)
+    )
 
 
 def _copy(network: nn.Module) -> nn.Module:

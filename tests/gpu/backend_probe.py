@@ -18,8 +18,12 @@ class BackendProbe(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.path.write_text(json.dumps({
-            "backend": torch.distributed.get_backend() if initialised else None,
-            "world_size": torch.distributed.get_world_size() if initialised else 1,
-            "device": str(pl_module.device),
-        }))
+        self.path.write_text(
+            json.dumps(
+                {
+                    "backend": torch.distributed.get_backend() if initialised else None,
+                    "world_size": torch.distributed.get_world_size() if initialised else 1,
+                    "device": str(pl_module.device),
+                }
+            )
+        )

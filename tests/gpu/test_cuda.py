@@ -22,8 +22,12 @@ import torch.nn.functional as F
 from pixcontrast.callbacks import KMeansRefresh
 from pixcontrast.cluster import KMeans
 from pixcontrast.data import PiCIEDataModule, SyntheticScenesDataModule
-from pixcontrast.losses import PixelContrastLoss, PixelMemoryBank, class_memory_contrastive_loss
-from pixcontrast.losses import supervised_contrastive_loss
+from pixcontrast.losses import (
+    PixelContrastLoss,
+    PixelMemoryBank,
+    class_memory_contrastive_loss,
+    supervised_contrastive_loss,
+)
 from pixcontrast.modules import ContrastiveSegmenter, PiCIE, SegmentationModule
 
 pytestmark = pytest.mark.gpu
@@ -42,13 +46,22 @@ def _blobs(n: int, dim: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch
 
 
 def _synthetic(batch_size: int = 4, **kwargs) -> SyntheticScenesDataModule:
-    return SyntheticScenesDataModule(num_classes=4, image_size=64, num_train=8, num_val=4, num_test=4,
-                                     batch_size=batch_size, num_workers=0, **kwargs)
+    return SyntheticScenesDataModule(
+        num_classes=4, image_size=64, num_train=8, num_val=4, num_test=4, batch_size=batch_size, num_workers=0, **kwargs
+    )
 
 
 def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    options = dict(accelerator="gpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                   enable_checkpointing=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
+    options = dict(
+        accelerator="gpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
     return L.Trainer(**{**options, **kwargs})
 
 
@@ -105,12 +118,15 @@ def test_memory_contrast_loss_on_cuda_equals_cpu() -> None:
     generator = torch.Generator().manual_seed(1)
     bank = PixelMemoryBank(6, 32, memory_size=50, pixels_per_image=20, gather_distributed=False)
     for _ in range(3):  # fill the queues on the CPU, then copy the very same bank to the GPU
-        bank.enqueue(F.normalize(torch.randn(2, 32, 16, 16, generator=generator), dim=1),
-                     torch.randint(0, 6, (2, 16, 16), generator=generator), generator)
+        bank.enqueue(
+            F.normalize(torch.randn(2, 32, 16, 16, generator=generator), dim=1),
+            torch.randint(0, 6, (2, 16, 16), generator=generator),
+            generator,
+        )
     cuda_bank = copy.deepcopy(bank).to(CUDA)
     losses = {
-        "class layout": lambda a, l, b: class_memory_contrastive_loss(a, l, *b.class_rows(), 0.1, 0.07),
-        "generic": lambda a, l, b: supervised_contrastive_loss(a, l, 0.1, 0.07, *b.memory()),
+        "class layout": lambda a, y, b: class_memory_contrastive_loss(a, y, *b.class_rows(), 0.1, 0.07),
+        "generic": lambda a, y, b: supervised_contrastive_loss(a, y, 0.1, 0.07, *b.memory()),
     }
     for name, loss_fn in losses.items():
         cpu = _loss_and_grad(loss_fn, anchors, labels, bank)
@@ -125,14 +141,20 @@ def test_bfloat16_bank_on_cuda_matches_the_float32_bank() -> None:
     generator = torch.Generator().manual_seed(1)
     exact = PixelMemoryBank(6, 32, memory_size=50, pixels_per_image=20, gather_distributed=False)
     for _ in range(3):
-        exact.enqueue(F.normalize(torch.randn(2, 32, 16, 16, generator=generator), dim=1),
-                      torch.randint(0, 6, (2, 16, 16), generator=generator), generator)
-    half = PixelMemoryBank(6, 32, memory_size=50, pixels_per_image=20, gather_distributed=False,
-                           memory_dtype="bfloat16")
+        exact.enqueue(
+            F.normalize(torch.randn(2, 32, 16, 16, generator=generator), dim=1),
+            torch.randint(0, 6, (2, 16, 16), generator=generator),
+            generator,
+        )
+    half = PixelMemoryBank(
+        6, 32, memory_size=50, pixels_per_image=20, gather_distributed=False, memory_dtype="bfloat16"
+    )
     half.load_state_dict(exact.state_dict())
     exact, half = exact.to(CUDA), half.to(CUDA)
-    results = [_loss_and_grad(lambda a, l, b: b.contrast(a, l, 0.1, 0.07), anchors.to(CUDA), labels.to(CUDA), bank)
-               for bank in (exact, half)]
+    results = [
+        _loss_and_grad(lambda a, y, b: b.contrast(a, y, 0.1, 0.07), anchors.to(CUDA), labels.to(CUDA), bank)
+        for bank in (exact, half)
+    ]
     (loss32, grad32), (loss16, grad16) = results
     assert half.queue.dtype == torch.bfloat16 and loss16.dtype == torch.float32
     torch.testing.assert_close(loss16, loss32, rtol=1e-2, atol=0.0)
@@ -156,9 +178,18 @@ def test_pixel_contrast_loss_samples_and_trains_on_cuda_under_bf16() -> None:
 # ------------------------------------------------------------------------------------------------ bf16 training
 @pytest.mark.parametrize("memory_size", [0, 32])
 def test_bf16_mixed_contrastive_training_steps_stay_finite(tmp_path: Path, memory_size: int) -> None:
-    model = ContrastiveSegmenter(num_classes=4, encoder="resnet18", head_channels=32, proj_dim=32, warmup_steps=0,
-                                 max_samples=256, max_views=16, memory_size=memory_size, pixels_per_image=4,
-                                 check_finite_every_n_steps=1)
+    model = ContrastiveSegmenter(
+        num_classes=4,
+        encoder="resnet18",
+        head_channels=32,
+        proj_dim=32,
+        warmup_steps=0,
+        max_samples=256,
+        max_views=16,
+        memory_size=memory_size,
+        pixels_per_image=4,
+        check_finite_every_n_steps=1,
+    )
     trainer = _trainer(tmp_path, precision="bf16-mixed", max_steps=4, limit_val_batches=1)
     trainer.fit(model, datamodule=_synthetic())
     assert trainer.global_step == 4
@@ -188,15 +219,30 @@ def test_one_gpu_ddp_fit_through_the_command_uses_nccl(tmp_path: Path) -> None:
     pytest.importorskip("jsonargparse", reason="the pixcontrast command needs jsonargparse")
     probe = tmp_path / "backend.json"
     command = [
-        sys.executable, "-m", "pixcontrast", "fit", "--config", "synthetic_contrast",
-        "--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.strategy=ddp", "--trainer.precision=bf16-mixed",
-        "--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
-        "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.callbacks+=backend_probe.BackendProbe", f"--trainer.callbacks.path={probe}",
-        "--model.init_args.warmup_steps=0", "--data.init_args.num_workers=2",
+        sys.executable,
+        "-m",
+        "pixcontrast",
+        "fit",
+        "--config",
+        "synthetic_contrast",
+        "--trainer.accelerator=gpu",
+        "--trainer.devices=1",
+        "--trainer.strategy=ddp",
+        "--trainer.precision=bf16-mixed",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=4",
+        "--trainer.limit_val_batches=2",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.callbacks+=backend_probe.BackendProbe",
+        f"--trainer.callbacks.path={probe}",
+        "--model.init_args.warmup_steps=0",
+        "--data.init_args.num_workers=2",
     ]
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(REPO),
-                                                                 os.environ.get("PYTHONPATH", "")])}
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     assert json.loads(probe.read_text()) == {"backend": "nccl", "world_size": 1, "device": "cuda:0"}

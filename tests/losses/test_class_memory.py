@@ -16,7 +16,7 @@ def grouped_memory(classes: int, rows: int, dim: int, fill: float, seed: int = 0
 
 def generic(anchors, labels, memory, filled, temperature, base_temperature):
     """The same loss through the generic memory path (row labels: class, or -1 where unfilled)."""
-    classes, rows, dim = memory.shape
+    classes, _, dim = memory.shape
     row_labels = torch.where(filled, torch.arange(classes)[:, None], -1).flatten()
     return supervised_contrastive_loss(
         anchors, labels, temperature, base_temperature, memory.reshape(-1, dim), row_labels

@@ -142,8 +142,16 @@ def test_more_anchors_than_rows_and_empty_bank():
 
 
 def test_semi_hard_mining_mask():
-    bank = PixelMemoryBank(3, 4, memory_size=50, pixels_per_image=20, hard_mining=True,
-                           mining_fraction=0.2, num_hard_positives=3, num_hard_negatives=5)
+    bank = PixelMemoryBank(
+        3,
+        4,
+        memory_size=50,
+        pixels_per_image=20,
+        hard_mining=True,
+        mining_fraction=0.2,
+        num_hard_positives=3,
+        num_hard_negatives=5,
+    )
     g = torch.Generator().manual_seed(0)
     bank.enqueue(F.normalize(torch.randn(4, 4, 8, 8, generator=g), dim=1), torch.randint(0, 3, (4, 8, 8), generator=g))
     anchors = F.normalize(torch.randn(6, 4, generator=g), dim=-1)
@@ -158,7 +166,8 @@ def test_semi_hard_mining_mask():
         far_positive = similarity[i][positive].sort().values[: int(0.2 * positive.sum() + 0.999)]
         assert (mask[i] & positive).sum() == 3 and (similarity[i][mask[i] & positive] <= far_positive[-1]).all()
     loss = PixelContrastLoss(max_views=1, memory_bank=bank)(
-        F.normalize(torch.randn(2, 4, 8, 8, generator=g), dim=1), torch.randint(0, 3, (2, 8, 8), generator=g),
+        F.normalize(torch.randn(2, 4, 8, 8, generator=g), dim=1),
+        torch.randint(0, 3, (2, 8, 8), generator=g),
         torch.randint(0, 3, (2, 8, 8), generator=g),
     )
     assert torch.isfinite(loss)
@@ -310,7 +319,7 @@ def test_loss_projecting_sampled_pixels_matches_the_map_with_a_bank():
     def project(rows):
         return F.normalize(rows @ weight.T, dim=-1)
 
-    for bank, sampled in zip(banks, (True, False)):
+    for bank, sampled in zip(banks, (True, False), strict=True):
         criterion = PixelContrastLoss(temperature=0.07, max_views=1, memory_bank=bank)
         step = torch.Generator().manual_seed(9)
         losses = []

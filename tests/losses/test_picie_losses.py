@@ -54,15 +54,17 @@ def test_cluster_sizes_replace_the_batch_counts():
         cluster_weights(labels, 5, "official", torch.ones(4))
     features1, features2, centroids = _features(20), _features(21), _centroids(22)
     sizes1, sizes2 = torch.tensor([5.0, 1.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0, 5.0])
-    out = picie_loss(features1, features2, centroids, centroids, class_weights="official",
-                     cluster_sizes=(sizes1, sizes2))
+    out = picie_loss(
+        features1, features2, centroids, centroids, class_weights="official", cluster_sizes=(sizes1, sizes2)
+    )
     y1, y2 = out.labels1, out.labels2
 
     def ce(features, target, sizes):
         return cluster_cross_entropy(features, centroids, target, class_weights="official", sizes=sizes)
 
-    expected = 0.25 * (ce(features1, y1, sizes1) + ce(features2, y2, sizes2) + ce(features1, y2, sizes2)
-                       + ce(features2, y1, sizes1))  # each cross-entropy weighs by its labels' view
+    expected = 0.25 * (
+        ce(features1, y1, sizes1) + ce(features2, y2, sizes2) + ce(features1, y2, sizes2) + ce(features2, y1, sizes1)
+    )  # each cross-entropy weighs by its labels' view
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
     batch_weighted = picie_loss(features1, features2, centroids, centroids, class_weights="official")
     assert out.loss.item() != pytest.approx(batch_weighted.loss.item(), rel=1e-3)
@@ -122,7 +124,7 @@ def test_picie_loss_value_and_gradients_match_a_direct_implementation():
     expected = _reference_loss(F.normalize(raw1, dim=1), F.normalize(raw2, dim=1), mu1, mu2, 0.3)
     expected_grads = torch.autograd.grad(expected, (raw1, raw2))
     assert output.loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    for grad, expected_grad in zip(grads, expected_grads):
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
         assert torch.allclose(grad, expected_grad, atol=1e-6)
     assert output.loss.item() == pytest.approx(0.5 * (output.within_view + output.across_view).item())

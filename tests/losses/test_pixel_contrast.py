@@ -97,9 +97,7 @@ def test_matches_loop_implementation(max_samples, max_views):
     emb, lab, pred = make_batch()
     emb_a = emb.clone().requires_grad_()
     emb_b = emb.clone().requires_grad_()
-    anchors, labels = sample_anchors(
-        emb_a, lab, pred, max_samples, max_views, IGNORE, torch.Generator().manual_seed(3)
-    )
+    anchors, labels = sample_anchors(emb_a, lab, pred, max_samples, max_views, IGNORE, torch.Generator().manual_seed(3))
     expected, expected_labels = loop_sample(
         emb_b, lab, pred, max_samples, max_views, IGNORE, torch.Generator().manual_seed(3)
     )
@@ -121,7 +119,7 @@ def test_sample_anchors_takes_labels_at_either_resolution(scale):
     small_result = sample_anchors(emb, lab, pred, 40, 5, IGNORE, torch.Generator().manual_seed(2))
     big_result = sample_anchors(emb, big, pred, 40, 5, IGNORE, torch.Generator().manual_seed(2))
     assert small_result[0].shape[0] > 0
-    for small, large in zip(small_result, big_result):
+    for small, large in zip(small_result, big_result, strict=True):
         assert torch.equal(small, large)
     losses = [
         PixelContrastLoss(max_samples=40, max_views=5)(emb, labels, pred, torch.Generator().manual_seed(2))
@@ -244,7 +242,6 @@ def test_memory_formula_matches_loop():
 
 def test_bf16_autocast_computes_in_float32():
     emb, lab, pred = make_batch()
-    emb32 = emb.float().requires_grad_()
     emb16 = emb.to(torch.bfloat16).float().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = PixelContrastLoss(max_samples=64, max_views=10)(

@@ -40,10 +40,10 @@ class HubStandIn:
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_HEAD(self) -> None:
                 self._answer(with_body=False)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._answer(with_body=True)
 
             def _answer(self, with_body: bool) -> None:

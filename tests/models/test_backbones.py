@@ -11,7 +11,7 @@ from pixcontrast.models.backbones import HRNetV2Encoder, TimmEncoder, build_enco
 
 def _assert_shapes(encoder, features, size):
     assert len(features) == len(encoder.channels) == len(encoder.reductions)
-    for feature, channels, reduction in zip(features, encoder.channels, encoder.reductions):
+    for feature, channels, reduction in zip(features, encoder.channels, encoder.reductions, strict=True):
         assert feature.shape[1] == channels
         assert feature.shape[-2:] == (size // reduction, size // reduction)
 
@@ -71,7 +71,7 @@ def test_hrnet_w48_has_720_channels():
 
 
 def test_unknown_encoder_lists_close_matches():
-    with pytest.raises(ValueError, match="unknown encoder 'resnet_18'.*resnet18"):
+    with pytest.raises(ValueError, match=r"unknown encoder 'resnet_18'.*resnet18"):
         build_encoder("resnet_18")
 
 
@@ -85,5 +85,5 @@ def test_hrnet_takes_sizes_not_divisible_by_32(size):
     encoder = build_encoder("hrnet_w18_small").eval()
     with torch.no_grad():
         features = encoder(torch.randn(1, 3, *size))
-    for feature, reduction in zip(features, encoder.reductions):
+    for feature, reduction in zip(features, encoder.reductions, strict=True):
         assert tuple(feature.shape[-2:]) == (-(-size[0] // reduction), -(-size[1] // reduction))

@@ -8,7 +8,9 @@ from pixcontrast.models.fpn import LightFPN
 def _pyramid(batch: int = 2, size: int = 64) -> list[torch.Tensor]:
     channels, strides = (64, 128, 256, 512), (4, 8, 16, 32)
     generator = torch.Generator().manual_seed(0)
-    return [torch.randn(batch, c, size // s, size // s, generator=generator) for c, s in zip(channels, strides)]
+    return [
+        torch.randn(batch, c, size // s, size // s, generator=generator) for c, s in zip(channels, strides, strict=True)
+    ]
 
 
 def test_output_is_at_the_finest_level_with_out_channels():
@@ -21,7 +23,7 @@ def test_output_is_at_the_finest_level_with_out_channels():
 def test_top_down_pathway_is_upsample_and_add_of_the_laterals():
     fpn = LightFPN((64, 128, 256, 512), out_channels=8)
     features = _pyramid(batch=1)
-    laterals = [lateral(feature) for lateral, feature in zip(fpn.laterals, features)]
+    laterals = [lateral(feature) for lateral, feature in zip(fpn.laterals, features, strict=True)]
     expected = laterals[3]
     for lateral in reversed(laterals[:3]):
         expected = lateral + F.interpolate(expected, size=lateral.shape[-2:], mode="bilinear", align_corners=False)

@@ -50,7 +50,10 @@ def run_probe(tmp_path, names, hf_home, **env) -> dict[str, dict]:
             environment.pop(key, None)
     result = subprocess.run(
         [sys.executable, "-c", PROBE, str(tmp_path), *names],
-        env=environment, capture_output=True, text=True, timeout=120,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]

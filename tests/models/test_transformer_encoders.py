@@ -12,7 +12,7 @@ from pixcontrast.models.backbones import TimmEncoder, ViTEncoder, build_encoder
 
 def _assert_maps(encoder, features, height, width):
     assert len(features) == len(encoder.channels) == len(encoder.reductions)
-    for feature, channels, reduction in zip(features, encoder.channels, encoder.reductions):
+    for feature, channels, reduction in zip(features, encoder.channels, encoder.reductions, strict=True):
         assert feature.shape[1] == channels
         assert tuple(feature.shape[-2:]) == (math.ceil(height / reduction), math.ceil(width / reduction))
 
@@ -68,7 +68,7 @@ def test_swin_features_are_channels_first_at_any_size():
     assert encoder.reductions == (4, 8, 16, 32) and encoder.channels == (96, 192, 384, 768)
     with torch.no_grad():
         _assert_maps(encoder, encoder(torch.randn(1, 3, 50, 70)), 50, 70)
-    with pytest.raises(ValueError, match="cannot be built with output_stride=8.*output_stride=None"):
+    with pytest.raises(ValueError, match=r"cannot be built with output_stride=8.*output_stride=None"):
         build_encoder("swin_tiny_patch4_window7_224", output_stride=8)
 
 

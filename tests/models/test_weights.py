@@ -94,7 +94,9 @@ def test_pretrained_loads_the_cached_file_without_a_download(tmp_path, monkeypat
 
 
 def test_unknown_pretrained_tag_lists_the_tags():
-    with pytest.raises(ValueError, match=r"unknown pretrained tag 'foo' of encoder 'resnet18'; its tags: .*resnet18\.a1_in1k"):
+    with pytest.raises(
+        ValueError, match=r"unknown pretrained tag 'foo' of encoder 'resnet18'; its tags: .*resnet18\.a1_in1k"
+    ):
         build_encoder("resnet18.foo")
 
 
@@ -107,8 +109,17 @@ def test_model_without_pretrained_weights_is_rejected_before_any_download(monkey
 
 def _lightning_checkpoint(module, path):
     """A checkpoint in Lightning's layout (what ``pixcontrast fit`` writes), without running a trainer."""
-    torch.save({"epoch": 3, "global_step": 48, "state_dict": module.state_dict(),
-                "hyper_parameters": dict(module.hparams), "optimizer_states": [], "callbacks": {}}, path)
+    torch.save(
+        {
+            "epoch": 3,
+            "global_step": 48,
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "optimizer_states": [],
+            "callbacks": {},
+        },
+        path,
+    )
     return path
 
 
@@ -134,7 +145,7 @@ def test_checkpoint_of_another_encoder_is_a_clear_error(tmp_path):
     from pixcontrast.modules import PiCIE, SegmentationModule
 
     path = _lightning_checkpoint(SegmentationModule(num_classes=3, encoder="test_efficientnet"), tmp_path / "o.ckpt")
-    with pytest.raises(RuntimeError, match="does not fit the encoder.*same encoder"):
+    with pytest.raises(RuntimeError, match=r"does not fit the encoder.*same encoder"):
         PiCIE(num_classes=3, encoder=TINY, weights_path=str(path))
     no_weights = tmp_path / "empty.ckpt"
     torch.save({"epoch": 0, "state_dict": {"centroids_view1": torch.zeros(4, 8)}}, no_weights)

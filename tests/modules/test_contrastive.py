@@ -199,9 +199,14 @@ def test_bad_inputs_name_the_cause(shapes, message):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"proj_dim": 0}, "proj_dim"), ({"loss_weight": -1.0}, "loss_weight"), ({"warmup_steps": -1}, "warmup_steps"),
-     ({"segment_pixels": 0}, "segment_pixels"), ({"in_channels": 0}, "in_channels")],
+    [
+        ({"proj_dim": 0}, "proj_dim"),
+        ({"loss_weight": -1.0}, "loss_weight"),
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"segment_pixels": 0}, "segment_pixels"),
+        ({"in_channels": 0}, "in_channels"),
+    ],
 )
-def test_bad_arguments(kwargs, message):
+def test_pixel_contrast_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PixelContrast(**{"in_channels": 6, "num_classes": 3, **kwargs})

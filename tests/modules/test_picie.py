@@ -26,8 +26,12 @@ def _model(**kwargs) -> PiCIE:
 
 def _fit_centroids(model: PiCIE, batch: dict) -> None:
     features = model.cluster_features(batch)
-    model.set_centroids({key: value[:: max(1, len(value) // count)][:count] for key, value, count in
-                         ((k, features[k], c) for k, c in model.cluster_counts().items())})
+    model.set_centroids(
+        {
+            key: value[:: max(1, len(value) // count)][:count]
+            for key, value, count in ((k, features[k], c) for k, c in model.cluster_counts().items())
+        }
+    )
 
 
 def test_official_class_weights_use_the_cluster_sizes_of_the_clustering_pass():
@@ -40,8 +44,17 @@ def test_official_class_weights_use_the_cluster_sizes_of_the_clustering_pass():
     assert torch.equal(model.state_dict()["cluster_sizes_view2_over"], sizes["view2_over"])  # in checkpoints
     features1, features2 = model.view_features(batch)
     expected = sum(
-        picie_loss(features1, features2, model.centroids(f"view1{s}"), model.centroids(f"view2{s}"), 1.0, "official",
-                   "cosine", None, (sizes[f"view1{s}"], sizes[f"view2{s}"])).loss
+        picie_loss(
+            features1,
+            features2,
+            model.centroids(f"view1{s}"),
+            model.centroids(f"view2{s}"),
+            1.0,
+            "official",
+            "cosine",
+            None,
+            (sizes[f"view1{s}"], sizes[f"view2{s}"]),
+        ).loss
         for s in ("", "_over")
     )
     loss = model.compute_losses(batch)["loss"]
@@ -113,7 +126,10 @@ def test_epoch_labels_come_from_a_frozen_copy_taken_with_the_centroids():
     _fit_centroids(model, batch)
     frozen = model.label_network
     assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(frozen.state_dict().values(), model.network.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(frozen.state_dict().values(), model.network.state_dict().values(), strict=True)
+    )
     optimizer = torch.optim.SGD(model.network.parameters(), lr=1.0)
     for _ in range(2):  # the trained network moves away from the copy ...
         optimizer.zero_grad()
@@ -124,7 +140,7 @@ def test_epoch_labels_come_from_a_frozen_copy_taken_with_the_centroids():
     with torch.no_grad():
         expected = [F.normalize(f, dim=1) for f in model.view_features(batch, frozen)]
         labels = [model.centroids(f"view{i}") for i in (1, 2)]
-        labels = [torch.einsum("bdhw,kd->bkhw", f, c).argmax(1) for f, c in zip(expected, labels)]
+        labels = [torch.einsum("bdhw,kd->bkhw", f, c).argmax(1) for f, c in zip(expected, labels, strict=True)]
     captured = {}
     import pixcontrast.modules.picie as picie_module
 
@@ -139,7 +155,7 @@ def test_epoch_labels_come_from_a_frozen_copy_taken_with_the_centroids():
         model.compute_losses(batch)
     finally:
         picie_module.picie_loss = original
-    assert all(torch.equal(a, b) for a, b in zip(captured["labels"], labels))
+    assert all(torch.equal(a, b) for a, b in zip(captured["labels"], labels, strict=True))
     assert "label_network.encoder.model.conv1.weight" in model.state_dict()  # exact resumes
     _fit_centroids(model, batch)  # a new epoch: the copy follows the network again
     assert torch.equal(frozen.fpn.laterals[0].weight, model.network.fpn.laterals[0].weight)
