@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -174,8 +174,7 @@ class OfficialViews(Dataset):
     def transform_eqv(self, indices: list[int], maps: torch.Tensor) -> torch.Tensor:
         if maps.shape[1] <= 5:  # images: G is already in view 1
             return maps
-        geometry = torch.stack([self.items[i]["geometry"] for i in indices])
-        return warp_features(maps, geometry)
+        return warp_features(maps, default_collate([self.items[i]["geometry"] for i in indices]))
 
 
 class OfficialEval(Dataset):

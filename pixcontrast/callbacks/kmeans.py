@@ -13,15 +13,18 @@ Hooks a LightningModule implements (all called by the callback, never by the tra
   ranks, at k-means' last assignment step): the clusters' frequencies in the refresh's sample.
 - optional ``cluster_dataloader() -> Iterable``: batches to cluster; default: the trainer's train dataloader.
   Under DDP it must yield each rank's own shard (the trainer's train dataloader already does).
-- optional ``on_cluster_start()`` / ``on_cluster_end()``: called around feature collection, after the callback
-  has put the module in eval mode (its mode is restored afterwards).
+- optional ``on_cluster_start()`` / ``on_cluster_end()``: called right before and right after feature collection
+  (``on_cluster_end`` also when it fails). A module with either hook owns its mode during clustering: the hooks
+  set it and restore it (e.g. PiCIE: train mode for batch statistics, running statistics frozen), the callback
+  leaves it alone. A module with neither is collected in eval mode and gets its previous mode back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -34,17 +37,19 @@ from pixcontrast.distributed import all_reduce_sum
 
 _SINGLE = "features"  # key (also in logged names) when the hooks work with plain tensors
 _HOOKS = ("cluster_features", "cluster_counts", "set_centroids")
+_MODE_HOOKS = ("on_cluster_start", "on_cluster_end")
 
 
 class KMeansRefresh(pl.Callback):
     """Fit k-means on features collected from the module and hand the centroids to it, before training epochs.
 
-    Before every ``every_n_epochs``-th training epoch (epochs 0, n, 2n, ...) the callback runs the module (eval
-    mode, no gradients) over up to ``max_batches`` batches, keeps a uniform random subsample of at most
-    ``max_points`` points per feature set (each of W ranks keeps ``ceil(max_points / W)``, so memory per rank is
-    bounded by ``ceil(max_points / W) x D`` values per feature set, in the features' dtype), fits :class:`KMeans`
-    on the module's device (distributed over all ranks under DDP) and calls ``set_centroids``. When no
-    subsampling happens, the DDP result equals one process clustering all points.
+    Before every ``every_n_epochs``-th training epoch (epochs 0, n, 2n, ...) the callback runs the module (no
+    gradients; in the mode its ``on_cluster_start`` hook sets, else in eval mode) over up to ``max_batches``
+    batches, keeps a uniform random subsample of at most ``max_points`` points per feature set (each of W ranks
+    keeps ``ceil(max_points / W)``, so memory per rank is bounded by ``ceil(max_points / W) x D`` values per
+    feature set, in the features' dtype), fits :class:`KMeans` on the module's device (distributed over all ranks
+    under DDP) and calls ``set_centroids``. When no subsampling happens, the DDP result equals one process
+    clustering all points.
 
     It logs ``{log_prefix}/inertia_{key}`` (mean squared distance per point), ``{log_prefix}/points_{key}`` and
     ``{log_prefix}/seconds`` and shows a progress bar on rank 0 while collecting. Its checkpoint state is its own
@@ -143,9 +148,6 @@ class KMeansRefresh(pl.Callback):
         total = _length(loader)
         if self.max_batches is not None:
             total = self.max_batches if total is None else min(total, self.max_batches)
-        was_training = pl_module.training
-        pl_module.eval()
-        _call_optional(pl_module, "on_cluster_start")
         bar = tqdm(
             total=total,
             desc="k-means features",
@@ -153,7 +155,7 @@ class KMeansRefresh(pl.Callback):
             disable=not (self.progress_bar and trainer.is_global_zero),
         )
         try:
-            with torch.no_grad():
+            with _clustering_mode(pl_module), torch.no_grad():
                 for index, batch in enumerate(loader):
                     if self.max_batches is not None and index >= self.max_batches:
                         break
@@ -169,8 +171,6 @@ class KMeansRefresh(pl.Callback):
                     bar.update()
         finally:
             bar.close()
-            _call_optional(pl_module, "on_cluster_end")
-            pl_module.train(was_training)
         if any(sampler.seen == 0 for sampler in samplers.values()):
             raise RuntimeError("KMeansRefresh collected no features: the clustering dataloader yielded no batches")
         return {key: sampler.result() for key, sampler in samplers.items()}
@@ -193,7 +193,23 @@ def _length(loader: Iterable) -> int | None:
         return None
 
 
-def _call_optional(pl_module: pl.LightningModule, name: str) -> None:
-    hook = getattr(pl_module, name, None)
-    if callable(hook):
-        hook()
+@contextlib.contextmanager
+def _clustering_mode(pl_module: pl.LightningModule) -> Iterator[None]:
+    """The module's mode during feature collection: set and restored by its ``on_cluster_start`` /
+    ``on_cluster_end`` hooks when it has either, else eval mode and the previous mode restored."""
+    start, end = (getattr(pl_module, name, None) for name in _MODE_HOOKS)
+    if not callable(start) and not callable(end):
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            yield
+        finally:
+            pl_module.train(was_training)
+        return
+    if callable(start):
+        start()
+    try:
+        yield
+    finally:
+        if callable(end):
+            end()

@@ -1,19 +1,22 @@
 """PiCIE's two views per image: photometric transforms per view, one geometric transform per image.
 
 View 1 is ``G(P1(x))`` resized to the network input; view 2 is ``P2(x)`` resized to the network input, and
-``G`` is applied to its feature map by :func:`pixcontrast.losses.picie.warp_features`, so the two feature maps
-correspond pixel to pixel. All random parameters come from a generator seeded by ``(seed, epoch, index)``:
-within an epoch the clustering pass and the training pass see exactly the same views, in any order and in any worker.
+``G`` (a :class:`~pixcontrast.losses.picie.ViewGeometry` in the batch) is applied to its feature map by
+:func:`pixcontrast.losses.picie.warp_features`, so the two feature maps correspond pixel to pixel. All random
+parameters come from a generator seeded by ``(seed, epoch, index)``: within an epoch the clustering pass and the
+training pass see exactly the same views, in any order and in any worker.
 
 :class:`PiCIEDataModule` wraps any :class:`~pixcontrast.data.base.SegmentationDataModule`: training items are
-two-view dicts, evaluation items are the paper's center crops. Its :meth:`PiCIEDataModule.set_epoch` must be
-called at the start of every training epoch, before the clustering pass; :class:`pixcontrast.modules.PiCIE`
-does it in its ``on_cluster_start`` and ``on_train_epoch_start`` hooks. The epoch lives in shared memory, so
-persistent data-loader workers see the new value too.
+two-view dicts, evaluation items are the paper's center crops. Its training loader (:class:`EpochViewsLoader`)
+is the one place the epoch is set: every pass over it (the clustering pass, the training pass, a resumed epoch)
+first selects the views of the trainer's current epoch. The epoch lives in shared memory, so persistent
+data-loader workers see the new value too.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.dataloader import _BaseDataLoaderIter
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -31,6 +35,7 @@ from pixcontrast.data.base import (
     SegmentationDataModule,
     SegmentationDataset,
 )
+from pixcontrast.losses.picie import ViewGeometry
 
 # The paper's photometric parameters.
 JITTER_PROB = 0.8
@@ -120,10 +125,13 @@ class GeometricParams:
         top = int(torch.randint(0, view_size - size + 1, (), generator=generator))
         return cls(left, top, size, _chance(generator, FLIP_PROB), view_size)
 
-    def as_tensor(self) -> Tensor:
-        """``5`` float32: crop box ``x0, y0, x1, y1`` as fractions of the view side, then the flip flag (0/1)."""
+    def geometry(self) -> ViewGeometry:
+        """The transform as the batch carries it: crop box ``x0, y0, x1, y1`` (``4`` float32 fractions of the
+        view side) and the flip (bool scalar)."""
         box = (self.left, self.top, self.left + self.size, self.top + self.size)
-        return torch.tensor([c / self.view_size for c in box] + [float(self.flip)], dtype=torch.float32)
+        return ViewGeometry(
+            torch.tensor([c / self.view_size for c in box], dtype=torch.float32), torch.tensor(self.flip)
+        )
 
     def apply(self, image: Tensor, output_size: int) -> Tensor:
         """Crop, resize to ``output_size`` (bilinear, antialiased) and flip a ``C x H x W`` image of the view."""
@@ -191,7 +199,7 @@ class PiCIEViews(Dataset):
         seed: base seed of the per-sample generators.
 
     Items: ``image1`` ``3 x S x S`` (view 1: ``G(P1(x))``), ``image2`` ``3 x S x S`` (view 2: ``P2(x)``), both
-    normalised with ``S = input_size``; ``geometry`` ``5`` (see :meth:`GeometricParams.as_tensor`); ``mask``
+    normalised with ``S = input_size``; ``geometry`` (see :meth:`GeometricParams.geometry`); ``mask``
     ``S x S`` int64 (labels of view 2, for visualisation only); ``name``; ``index``.
     """
 
@@ -234,7 +242,7 @@ class PiCIEViews(Dataset):
         return {
             "image1": _normalize(view1.clamp(0.0, 1.0)),
             "image2": _normalize(view2.clamp(0.0, 1.0)),
-            "geometry": geometric.as_tensor(),
+            "geometry": geometric.geometry(),
             "mask": mask,
             "name": sample.name,
             "index": index,
@@ -300,13 +308,40 @@ class PiCIEDataModule(SegmentationDataModule):
             return PiCIEViews(dataset, self.view_size, self.input_size, self.seed)
         return CenterCropDataset(dataset, self.eval_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the training views of ``epoch``; call before the epoch's clustering pass."""
-        if isinstance(self.train_dataset, PiCIEViews):
-            self.train_dataset.set_epoch(epoch)
+    def train_dataloader(self) -> EpochViewsLoader:
+        """The usual training loader as an :class:`EpochViewsLoader` that follows the trainer's current epoch."""
+        return EpochViewsLoader.like(super().train_dataloader(), epoch=self._trainer_epoch)
 
-    def train_dataloader(self) -> DataLoader:
-        # A run resumed at epoch e builds its loader before any epoch hook: start from e's views.
-        if self.trainer is not None:
-            self.set_epoch(self.trainer.current_epoch)
-        return super().train_dataloader()
+    def _trainer_epoch(self) -> int | None:
+        return None if self.trainer is None else self.trainer.current_epoch
+
+
+class EpochViewsLoader(DataLoader):
+    """A loader of :class:`PiCIEViews` that selects the views of ``epoch()`` each time a pass over it starts.
+
+    Every pass (``iter``) first calls ``dataset.set_epoch(epoch())``, so the clustering pass and the training
+    pass of an epoch, and a run resumed inside an epoch, read the same views without any epoch hook; ``epoch()``
+    returning None (no trainer) keeps the dataset's epoch. Other arguments are the :class:`DataLoader`'s (a
+    subclass, so Lightning can put a distributed sampler in it).
+    """
+
+    def __init__(self, dataset: PiCIEViews, *args: Any, epoch: Callable[[], int | None], **kwargs: Any) -> None:
+        super().__init__(dataset, *args, **kwargs)
+        self.epoch = epoch
+
+    @classmethod
+    def like(cls, loader: DataLoader, epoch: Callable[[], int | None]) -> EpochViewsLoader:
+        """A loader with the dataset and every setting of ``loader`` (built with ``batch_size``, not a
+        ``batch_sampler``): batch size, sampler (shuffled or not), collate function, workers, ..."""
+        settings = {
+            name: getattr(loader, name)
+            for name in inspect.signature(DataLoader).parameters
+            if name not in ("dataset", "shuffle", "batch_sampler")  # the sampler carries the shuffling
+        }
+        return cls(loader.dataset, epoch=epoch, **settings)
+
+    def __iter__(self) -> _BaseDataLoaderIter:
+        epoch = self.epoch()
+        if epoch is not None:
+            self.dataset.set_epoch(epoch)
+        return super().__iter__()

@@ -5,14 +5,16 @@ hooks :meth:`PiCIE.cluster_features`, :meth:`PiCIE.cluster_counts` and :meth:`Pi
 centroids are frozen classifiers for the epoch. Pseudo-labels are the nearest centroids of the features of the
 very forward pass that is trained (``label_source="live"``), or of a frozen copy of the network taken when the
 centroids are set (``"epoch"``: the labels the official code fixes per epoch, recomputed per batch instead of
-written to files). No label is ever written to disk. Training data comes from
+written to files). No label is ever written to disk. Each clustered feature set has its
+:class:`~pixcontrast.losses.cluster_head.ClusterHead` (centroids, cluster sizes, clustered flag): ``heads`` for
+views 1 and 2, ``over_heads`` for the over-clustering. Training data comes from
 :class:`~pixcontrast.data.picie_views.PiCIEDataModule` (two views and the geometric transform linking them).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -21,15 +23,8 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from pixcontrast.losses.picie import (
-    CLASS_WEIGHTS,
-    LOGITS,
-    assign_clusters,
-    check_choice,
-    cluster_scores,
-    picie_loss,
-    warp_features,
-)
+from pixcontrast.losses.cluster_head import CLASS_WEIGHTS, LOGITS, ClusterHead, check_choice
+from pixcontrast.losses.picie import picie_loss, warp_features
 from pixcontrast.metrics import HungarianMatchedSegmentation
 from pixcontrast.models.fpn import PiCIENetwork
 from pixcontrast.modules.evaluation import StageEvaluation
@@ -62,11 +57,11 @@ class PiCIE(StageEvaluation, L.LightningModule):
         ignore_index: unlabelled pixels in evaluation masks.
         class_names: names of the evaluation classes, for the per-class IoU logs.
 
-    Centroids, cluster sizes, the "clustered" flag and the last cluster -> class matching are buffers, so they
-    are saved in checkpoints. Batch-norm runs on batch statistics both in the clustering pass and in training (the
-    labels come from the training forward pass); running statistics are not updated by the clustering pass.
-    Evaluation classifies with the view-1 centroids; the over-clustering head is scored by many-to-one
-    matching (``val/over_*``).
+    The cluster heads' state (centroids, cluster sizes, clustered flag) and the last cluster -> class matching
+    are buffers, so they are saved in checkpoints; checkpoints of earlier versions (``centroids_view1``, ...) load
+    too. Batch-norm runs on batch statistics both in the clustering pass and in training (the labels come from
+    the training forward pass); running statistics are not updated by the clustering pass. Evaluation
+    classifies with view 1's head; the over-clustering head is scored by many-to-one matching (``val/over_*``).
     """
 
     def __init__(
@@ -110,10 +105,12 @@ class PiCIE(StageEvaluation, L.LightningModule):
         self.label_network = None
         if label_source == "epoch":
             self.label_network = copy.deepcopy(self.network).requires_grad_(False).eval()
-        for key, count in self.cluster_counts().items():
-            self.register_buffer(f"centroids_{key}", torch.zeros(count, feature_dim))
-            self.register_buffer(f"cluster_sizes_{key}", torch.zeros(count))
-        self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
+
+        def view_heads(count: int) -> nn.ModuleList:
+            return nn.ModuleList(ClusterHead(count, feature_dim, logits, class_weights) for _ in range(2))
+
+        self.heads = view_heads(num_clusters)  # views 1 and 2
+        self.over_heads = None if over_clusters is None else view_heads(over_clusters)
         self.register_buffer("assignment", torch.full((num_clusters,), -1, dtype=torch.int64))
         self._evaluate = num_classes > 0
         if self._evaluate:
@@ -124,22 +121,19 @@ class PiCIE(StageEvaluation, L.LightningModule):
                 num_classes, over_clusters, ignore_index, matching="majority"
             )
             self.test_over_metric = self.val_over_metric.clone()
-        self._bn_momenta: dict[nn.Module, float | None] = {}
-        self._has_centroids = False
+        self._before_clustering: tuple[bool, dict[nn.Module, float | None]] = (True, {})
 
     @property
     def has_centroids(self) -> bool:
-        """Whether a clustering pass has set the centroids (read from the buffer once, then cached)."""
-        if not self._has_centroids:
-            self._has_centroids = bool(self.clustered)
-        return self._has_centroids
+        """Whether a clustering pass has set the centroids (view 1's ``clustered`` buffer; a host sync on GPU)."""
+        return bool(self.heads[0].clustered)
 
     # ------------------------------------------------------------------------------------------ features
     def forward(self, images: Tensor) -> Tensor:
         """Unit-norm pixel features: ``B x 3 x H x W -> B x feature_dim x H / r x W / r``."""
         return self.network(images)
 
-    def view_features(self, batch: Mapping[str, Tensor], network: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+    def view_features(self, batch: Mapping[str, Any], network: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         """Features of both views, aligned pixel to pixel: ``z1 = f(G(P1 x))`` and ``z2 = G(f(P2 x))``.
 
         Both views go through ``network`` (default: the trained one) as one batch (the same batch-norm
@@ -155,83 +149,79 @@ class PiCIE(StageEvaluation, L.LightningModule):
         features1, features2 = (network or self.network)(torch.cat([image1, image2])).chunk(2)
         return features1, warp_features(features2, batch["geometry"], output_size=features1.shape[-2:])
 
-    def centroids(self, key: str) -> Tensor:
-        """The ``K x D`` centroids of feature set ``key`` (``view1``, ``view2``, ``view1_over``, ``view2_over``)."""
-        return getattr(self, f"centroids_{key}")
+    def _head_pairs(self) -> list[nn.ModuleList]:
+        """The heads of views 1 and 2 of each clustering: the main one, then the over-clustering one if any."""
+        return [self.heads] if self.over_heads is None else [self.heads, self.over_heads]
+
+    def feature_sets(self) -> Iterator[tuple[str, int, ClusterHead]]:
+        """``(name, view index, head)`` of every head, with the feature-set names of the KMeansRefresh hooks
+        (``view1``, ``view2``, then ``view1_over``, ``view2_over``): the one place those names meet the heads."""
+        for heads, suffix in zip(self._head_pairs(), ("", "_over"), strict=False):
+            for view, head in enumerate(heads):
+                yield f"view{view + 1}{suffix}", view, head
 
     # -------------------------------------------------------------------------------- KMeansRefresh hooks
     def cluster_counts(self) -> dict[str, int]:
         """Number of clusters of every feature set."""
-        counts = {"view1": self.hparams.num_clusters, "view2": self.hparams.num_clusters}
-        if self.hparams.over_clusters is not None:
-            counts.update(view1_over=self.hparams.over_clusters, view2_over=self.hparams.over_clusters)
-        return counts
+        return {name: head.num_clusters for name, _, head in self.feature_sets()}
 
     @torch.no_grad()
     def cluster_features(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Pixel features to cluster, ``N x D`` per feature set (the over-clustering sets share the views')."""
-        features1, features2 = self.view_features(batch)
-        pixels = {"view1": _pixels(features1), "view2": _pixels(features2)}
-        if self.hparams.over_clusters is not None:
-            pixels.update(view1_over=pixels["view1"], view2_over=pixels["view2"])
-        return pixels
+        pixels = [_pixels(features) for features in self.view_features(batch)]
+        return {name: pixels[view] for name, view, _ in self.feature_sets()}
 
-    @torch.no_grad()
     def set_centroids(self, centroids: Mapping[str, Tensor]) -> None:
         """Store the fitted centroids (``K x D`` per feature set; normalised for cosine logits, raw for dot).
 
         With ``label_source="epoch"`` the frozen labelling copy of the network is refreshed here too.
         """
-        expected = self.cluster_counts()
-        if set(centroids) != set(expected):
-            raise ValueError(f"set_centroids expects the keys {sorted(expected)}, got {sorted(centroids)}")
-        for key, value in centroids.items():
-            buffer = self.centroids(key)
-            if value.shape != buffer.shape:
-                raise ValueError(f"centroids {key!r} must be {tuple(buffer.shape)}, got {tuple(value.shape)}")
-            value = value.to(buffer)
-            buffer.copy_(F.normalize(value, dim=1) if self.hparams.logits == "cosine" else value)
+        self._set_heads("set_centroids", ClusterHead.set_centroids, centroids)
         if self.label_network is not None:
             self.label_network.load_state_dict(self.network.state_dict())
-        self.clustered.fill_(True)
-        self._has_centroids = True
 
-    @torch.no_grad()
     def set_cluster_sizes(self, sizes: Mapping[str, Tensor]) -> None:
         """Store the clustered points per cluster (``K`` per feature set), the epoch's cluster frequencies that
         ``class_weights="official"`` weighs by."""
-        expected = self.cluster_counts()
-        if set(sizes) != set(expected):
-            raise ValueError(f"set_cluster_sizes expects the keys {sorted(expected)}, got {sorted(sizes)}")
-        for key, value in sizes.items():
-            buffer = getattr(self, f"cluster_sizes_{key}")
-            if value.shape != buffer.shape:
-                raise ValueError(f"cluster sizes {key!r} must be {tuple(buffer.shape)}, got {tuple(value.shape)}")
-            buffer.copy_(value)
+        self._set_heads("set_cluster_sizes", ClusterHead.set_sizes, sizes)
+
+    def _set_heads(
+        self, hook: str, setter: Callable[[ClusterHead, Tensor], None], values: Mapping[str, Tensor]
+    ) -> None:
+        """``setter(head, value)`` for the head of every named value; errors name the hook and the key."""
+        heads = {name: head for name, _, head in self.feature_sets()}
+        if set(values) != set(heads):
+            raise ValueError(f"{hook} expects the keys {sorted(heads)}, got {sorted(values)}")
+        for name, value in values.items():
+            try:
+                setter(heads[name], value)
+            except ValueError as error:
+                raise ValueError(f"{hook} {name!r}: {error}") from None
 
     def on_cluster_start(self) -> None:
-        """Select this epoch's views; batch statistics on, running statistics frozen while clustering."""
-        self.select_views()
+        """Set the clustering pass's mode: train mode (batch statistics, as in training) with the batch-norm
+        running statistics frozen; :meth:`on_cluster_end` restores the previous mode and the momenta."""
+        batch_norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self._before_clustering = (self.training, {m: m.momentum for m in batch_norms})
         self.train()
-        self._bn_momenta = {m: m.momentum for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-        for module in self._bn_momenta:
+        for module in batch_norms:
             module.momentum = 0.0
 
     def on_cluster_end(self) -> None:
-        for module, momentum in self._bn_momenta.items():
+        """Restore the mode and the batch-norm momenta that :meth:`on_cluster_start` found."""
+        training, momenta = self._before_clustering
+        for module, momentum in momenta.items():
             module.momentum = momentum
-        self._bn_momenta = {}
-
-    def select_views(self) -> None:
-        """Tell the two-view data the current epoch (``set_epoch`` of the datamodule or the training dataset)."""
-        trainer = self.trainer
-        for owner in (trainer.datamodule, getattr(trainer.train_dataloader, "dataset", None)):
-            if callable(getattr(owner, "set_epoch", None)):
-                owner.set_epoch(trainer.current_epoch)
-                return
+        self.train(training)
+        self._before_clustering = (training, {})
 
     def on_train_epoch_start(self) -> None:
-        self.select_views()
+        """Fail early (one check per epoch, not per step) when no clustering pass has set the centroids."""
+        if not self.has_centroids:
+            raise RuntimeError(
+                "PiCIE has no centroids yet: add pixcontrast.callbacks.KMeansRefresh to the trainer's callbacks "
+                "(it clusters the features at the start of every epoch)"
+            )
 
     def train(self, mode: bool = True) -> PiCIE:
         """Set the training mode; the frozen labelling copy (``label_source="epoch"``) always stays in eval mode."""
@@ -242,51 +232,29 @@ class PiCIE(StageEvaluation, L.LightningModule):
 
     # ------------------------------------------------------------------------------------------ training
     def compute_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Loss terms of one two-view batch; ``loss`` is the total (main + over-clustering head)."""
-        if not self.has_centroids:
-            raise RuntimeError(
-                "PiCIE has no centroids yet: add pixcontrast.callbacks.KMeansRefresh to the trainer's callbacks "
-                "(it clusters the features at the start of every epoch)"
-            )
-        features1, features2 = self.view_features(batch)
-        frozen = None
+        """Loss terms of one two-view batch; ``loss`` is the total (main + over-clustering head).
+
+        The pseudo-labels are each head's assignment of the labelling features: the trained ones (detached,
+        ``label_source="live"``) or the frozen copy's (``"epoch"``).
+        """
+        features = self.view_features(batch)
+        labelling = features
         if self.label_network is not None:
             with torch.no_grad():
-                frozen = self.view_features(batch, self.label_network)
-        heads = ["main"] + (["over"] if self.hparams.over_clusters is not None else [])
-        outputs = {}
-        for head in heads:
-            suffix = "" if head == "main" else "_over"
-            centroids1, centroids2 = self.centroids(f"view1{suffix}"), self.centroids(f"view2{suffix}")
-            labels = None
-            if frozen is not None:
-                labels = (
-                    assign_clusters(frozen[0], centroids1, self.hparams.logits),
-                    assign_clusters(frozen[1], centroids2, self.hparams.logits),
-                )
-            sizes = None
-            if self.hparams.class_weights == "official":
-                sizes = (getattr(self, f"cluster_sizes_view1{suffix}"), getattr(self, f"cluster_sizes_view2{suffix}"))
-            outputs[head] = picie_loss(
-                features1,
-                features2,
-                centroids1,
-                centroids2,
-                self.hparams.temperature,
-                self.hparams.class_weights,
-                self.hparams.logits,
-                labels,
-                sizes,
-            )
-        main = outputs["main"]
+                labelling = self.view_features(batch, self.label_network)
+        outputs, labels = [], []
+        for heads in self._head_pairs():
+            labels.append(tuple(head.assign(f) for head, f in zip(heads, labelling, strict=True)))
+            outputs.append(picie_loss(*features, *heads, labels[-1], self.hparams.temperature))
+        main = outputs[0]
         losses = {
             "loss": main.loss,
             "within_view": main.within_view,
             "across_view": main.across_view,
-            "clusters_used": _clusters_used(main.labels1, self.hparams.num_clusters),
+            "clusters_used": _clusters_used(labels[0][0], self.hparams.num_clusters),
         }
-        if "over" in outputs:
-            losses.update(over_loss=outputs["over"].loss, loss=main.loss + outputs["over"].loss)
+        if len(outputs) > 1:
+            losses.update(over_loss=outputs[1].loss, loss=main.loss + outputs[1].loss)
         return losses
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
@@ -306,14 +274,14 @@ class PiCIE(StageEvaluation, L.LightningModule):
                 "clustering, training and prediction run as usual"
             )
 
-    def cluster_logits(self, images: Tensor, key: str = "view1", features: Tensor | None = None) -> Tensor:
-        """Scores (cosine or dot, as ``logits``) of every pixel against the centroids ``key``, at input size:
-        ``B x K x H x W``.
+    def cluster_logits(self, images: Tensor, head: ClusterHead | None = None, features: Tensor | None = None) -> Tensor:
+        """Scores (cosine or dot, as ``logits``) of every pixel against the centroids of ``head`` (default: view
+        1's, ``heads[0]``), at input size: ``B x K x H x W``.
 
         ``features`` (``B x D x h x w``) are the network's features of ``images`` when already computed.
         """
         features = self(images) if features is None else features
-        scores = cluster_scores(features, self.centroids(key), self.hparams.logits)
+        scores = (self.heads[0] if head is None else head).scores(features)
         return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     def evaluation_step(self, batch: Mapping[str, Any], stage: str) -> None:
@@ -323,8 +291,8 @@ class PiCIE(StageEvaluation, L.LightningModule):
         images, masks = batch["image"], batch["mask"]
         features = self(images)  # one forward pass for both heads
         getattr(self, f"{stage}_metric").update(self.cluster_logits(images, features=features), masks)
-        if self.hparams.over_clusters is not None:
-            over_logits = self.cluster_logits(images, "view1_over", features=features)
+        if self.over_heads is not None:
+            over_logits = self.cluster_logits(images, self.over_heads[0], features)
             getattr(self, f"{stage}_over_metric").update(over_logits, masks)
 
     def compute_stage_metrics(self, stage: str) -> dict[str, Tensor] | None:
@@ -340,7 +308,7 @@ class PiCIE(StageEvaluation, L.LightningModule):
         if stage == "val":
             self.assignment.copy_(result["assignment"])
         values = {key: result[key] for key in ("miou", "pixel_accuracy", "per_class_iou")}
-        if self.hparams.over_clusters is not None:
+        if self.over_heads is not None:
             over_metric = getattr(self, f"{stage}_over_metric")
             over = over_metric.compute()
             over_metric.reset()
@@ -358,10 +326,13 @@ class PiCIE(StageEvaluation, L.LightningModule):
         lookup = torch.where(matched, self.assignment, self.hparams.ignore_index)
         return cluster_map, torch.where(matched.any(), lookup[cluster_map], cluster_map)  # no host sync
 
-    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        """``label_map`` and ``cluster_map`` (``B x H x W``) with ``name`` and ``image``, for the prediction writer."""
+    def on_predict_start(self) -> None:
+        """Fail early (once, not per batch) when there are no centroids to predict with."""
         if not self.has_centroids:
             raise RuntimeError("PiCIE has no centroids: predict with a trained checkpoint (fit runs the clustering)")
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        """``label_map`` and ``cluster_map`` (``B x H x W``) with ``name`` and ``image``, for the prediction writer."""
         cluster_map, label_map = self.predict_maps(batch["image"])
         return {"label_map": label_map, "cluster_map": cluster_map, "name": batch.get("name"), "image": batch["image"]}
 
@@ -377,6 +348,22 @@ class PiCIE(StageEvaluation, L.LightningModule):
     # ---------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.network.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Rename the cluster state of checkpoints written before the cluster heads (``centroids_view1``,
+        ``cluster_sizes_view1``, ..., one ``clustered``) to the heads' keys, then load as usual: ``load_state_dict``,
+        ``PiCIE.load_from_checkpoint`` and ``--ckpt_path`` resumes all read them."""
+        legacy_clustered = state_dict.pop(prefix + "clustered", None)
+        if legacy_clustered is not None:
+            names = {head: name for name, head in self.named_modules()}
+            for feature_set, _, head in self.feature_sets():
+                path = f"{prefix}{names[head]}."
+                for old, new in ((f"centroids_{feature_set}", "centroids"), (f"cluster_sizes_{feature_set}", "sizes")):
+                    if prefix + old in state_dict:
+                        state_dict[path + new] = state_dict.pop(prefix + old)
+                state_dict[path + "clustered"] = legacy_clustered
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 def _pixels(features: Tensor) -> Tensor:

@@ -7,17 +7,21 @@ from pixcontrast.callbacks.kmeans import KMeansRefresh
 
 
 class ToyModule(pl.LightningModule):
-    """Smallest module with the KMeansRefresh hooks: two named feature sets, or one plain tensor."""
+    """Smallest module with the KMeansRefresh hooks: two named feature sets, or one plain tensor.
+
+    It records its mode whenever it hands over features (``collect_modes``) and has no clustering-mode hooks.
+    """
 
     def __init__(self, named: bool = True) -> None:
         super().__init__()
         self.named = named
         self.net = torch.nn.Linear(4, 3)
         self.received: list[tuple[int, object]] = []
-        self.cluster_calls = []
+        self.collect_modes: list[bool] = []
 
     def cluster_features(self, batch):
         (x,) = batch
+        self.collect_modes.append(self.training)
         features = self.net(x)
         return {"a": features, "b": features[:, :2]} if self.named else features
 
@@ -26,9 +30,6 @@ class ToyModule(pl.LightningModule):
 
     def set_centroids(self, centroids) -> None:
         self.received.append((self.current_epoch, centroids))
-
-    def on_cluster_start(self) -> None:
-        self.cluster_calls.append(self.training)
 
     def training_step(self, batch, batch_index):
         (x,) = batch
@@ -43,6 +44,7 @@ class ToyModule(pl.LightningModule):
 
 
 def trainer(tmp_path, callback, max_epochs=2, **kwargs) -> pl.Trainer:
+    kwargs.setdefault("callbacks", [callback])
     return pl.Trainer(
         max_epochs=max_epochs,
         accelerator="cpu",
@@ -51,7 +53,6 @@ def trainer(tmp_path, callback, max_epochs=2, **kwargs) -> pl.Trainer:
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
-        callbacks=[callback],
         **kwargs,
     )
 
@@ -62,11 +63,68 @@ def test_refreshes_every_epoch_and_logs(tmp_path):
     assert [epoch for epoch, _ in module.received] == [0, 1]
     centroids = module.received[-1][1]
     assert centroids["a"].shape == (3, 3) and centroids["b"].shape == (2, 2)
-    assert module.cluster_calls == [False, False]  # eval mode while collecting
+    assert module.collect_modes == [False] * 8  # no mode hooks: eval mode while collecting (4 batches, 2 epochs)
     assert module.training  # mode restored
     metrics = module.trainer.callback_metrics
     assert {"kmeans/inertia_a", "kmeans/inertia_b", "kmeans/points_a", "kmeans/seconds"} <= set(metrics)
     assert metrics["kmeans/points_a"] == 64
+
+
+class ModeHooksModule(ToyModule):
+    """Owns its clustering mode: its hooks put it in train mode and restore the mode they found."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.fail = fail
+        self.hook_calls: list[tuple[str, bool]] = []
+
+    def on_cluster_start(self) -> None:
+        self.hook_calls.append(("start", self.training))
+        self._mode = self.training
+        self.train()
+
+    def on_cluster_end(self) -> None:
+        self.hook_calls.append(("end", self.training))
+        self.train(self._mode)
+
+    def cluster_features(self, batch):
+        if self.fail:
+            raise RuntimeError("collection failed")
+        return super().cluster_features(batch)
+
+
+class SetMode(pl.Callback):
+    """Puts the module in ``training`` mode at each epoch start, before KMeansRefresh (listed after it) runs."""
+
+    def __init__(self, training: bool) -> None:
+        self.training = training
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        pl_module.train(self.training)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_modules_with_mode_hooks_set_and_restore_the_mode_themselves(tmp_path, training):
+    def fit(module: ModeHooksModule) -> None:
+        callbacks = [SetMode(training), KMeansRefresh(metric="euclidean", progress_bar=False)]
+        trainer(tmp_path, None, max_epochs=1, enable_checkpointing=False, callbacks=callbacks).fit(module)
+
+    module = ModeHooksModule()
+    fit(module)
+    assert module.hook_calls == [("start", training), ("end", True)]  # the callback set no mode of its own
+    assert module.collect_modes == [True] * 4 and module.training == training  # the hooks' mode, then restored
+    failing = ModeHooksModule(fail=True)
+    with pytest.raises(RuntimeError, match="collection failed"):
+        fit(failing)
+    assert failing.hook_calls == [("start", training), ("end", True)]  # on_cluster_end runs after a failure too
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_modules_without_mode_hooks_are_collected_in_eval_mode_and_restored(tmp_path, training):
+    module = ToyModule()
+    callbacks = [SetMode(training), KMeansRefresh(metric="euclidean", progress_bar=False)]
+    trainer(tmp_path, None, max_epochs=1, enable_checkpointing=False, callbacks=callbacks).fit(module)
+    assert module.collect_modes == [False] * 4 and module.training == training
 
 
 def test_modules_with_the_optional_hook_receive_the_cluster_sizes(tmp_path):

@@ -25,8 +25,8 @@ class StateProbe(Callback):
 
     Saved: ``state_dict`` (weights and buffers: memory bank, centroids), ``optimizer`` and ``scheduler`` states,
     ``global_step``, the per-step ``losses`` and ``names`` (images of each step on this rank), the ``metrics``
-    known at the end (``trainer.callback_metrics``) and ``first_centroids`` (the module's ``centroids_*``
-    buffers when the first training batch starts, i.e. right after the first clustering pass).
+    known at the end (``trainer.callback_metrics``) and ``first_centroids`` (the centroid buffers of the module's
+    cluster heads when the first training batch starts, i.e. right after the first clustering pass).
     """
 
     def __init__(self, directory: str) -> None:
@@ -40,7 +40,7 @@ class StateProbe(Callback):
     ) -> None:
         if self.first_centroids is None:
             self.first_centroids = _cpu_copy(
-                {k: v for k, v in pl_module.state_dict().items() if k.startswith("centroids_")}
+                {k: v for k, v in pl_module.state_dict().items() if k.endswith(".centroids")}
             )
         self.names.append(list(batch.get("name", [])))
 

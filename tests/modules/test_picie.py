@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import yaml
 
 from pixcontrast.bundled_configs import CONFIG_DIR
-from pixcontrast.losses.picie import picie_loss
+from pixcontrast.losses.picie import ViewGeometry, picie_loss
 from pixcontrast.modules.picie import PiCIE
 
 
@@ -15,7 +15,10 @@ def _batch(batch_size: int = 2, size: int = 32, seed: int = 0) -> dict:
     return {
         "image1": torch.randn(batch_size, 3, size, size, generator=generator),
         "image2": torch.randn(batch_size, 3, size, size, generator=generator),
-        "geometry": torch.tensor([[0.1, 0.0, 0.8, 0.7, 1.0], [0.0, 0.0, 1.0, 1.0, 0.0]])[:batch_size],
+        "geometry": ViewGeometry(
+            torch.tensor([[0.1, 0.0, 0.8, 0.7], [0.0, 0.0, 1.0, 1.0]])[:batch_size],
+            torch.tensor([True, False])[:batch_size],
+        ),
     }
 
 
@@ -41,22 +44,14 @@ def test_official_class_weights_use_the_cluster_sizes_of_the_clustering_pass():
     batch_weighted = model.compute_losses(batch)["loss"]  # no sizes reported yet: the batch's counts
     sizes = {key: torch.arange(1.0, count + 1) for key, count in model.cluster_counts().items()}
     model.set_cluster_sizes(sizes)
-    assert torch.equal(model.state_dict()["cluster_sizes_view2_over"], sizes["view2_over"])  # in checkpoints
+    assert torch.equal(model.state_dict()["over_heads.1.sizes"], sizes["view2_over"])  # in checkpoints
     features1, features2 = model.view_features(batch)
-    expected = sum(
-        picie_loss(
-            features1,
-            features2,
-            model.centroids(f"view1{s}"),
-            model.centroids(f"view2{s}"),
-            1.0,
-            "official",
-            "cosine",
-            None,
-            (sizes[f"view1{s}"], sizes[f"view2{s}"]),
-        ).loss
-        for s in ("", "_over")
-    )
+    expected = 0.0
+    for heads in (model.heads, model.over_heads):
+        labels = (heads[0].assign(features1), heads[1].assign(features2))
+        expected += picie_loss(features1, features2, *heads, labels, 1.0).loss
+        weights = heads[1].weights(labels[1])
+        assert torch.allclose(weights, heads[1].sizes / heads[1].sizes.sum())  # the epoch's frequencies
     loss = model.compute_losses(batch)["loss"]
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert loss.item() != pytest.approx(batch_weighted.item(), rel=1e-3)
@@ -67,7 +62,7 @@ def test_official_class_weights_use_the_cluster_sizes_of_the_clustering_pass():
     assert balanced.compute_losses(batch)["loss"].item() == pytest.approx(before.item())  # per batch
     with pytest.raises(ValueError, match="set_cluster_sizes expects the keys"):
         model.set_cluster_sizes({"view1": sizes["view1"]})
-    with pytest.raises(ValueError, match="must be \\(4,\\)"):
+    with pytest.raises(ValueError, match=r"set_cluster_sizes 'view1': cluster sizes must be \(4,\)"):
         model.set_cluster_sizes({**sizes, "view1": torch.ones(5)})
 
 
@@ -80,23 +75,31 @@ def test_cluster_hooks_shapes_and_keys():
     assert torch.allclose(features["view1"].norm(dim=1), torch.ones(128), atol=1e-5)
     assert not model.has_centroids
     _fit_centroids(model, _batch())
-    assert model.has_centroids and bool(model.clustered)
-    assert torch.allclose(model.centroids("view2_over").norm(dim=1), torch.ones(6), atol=1e-5)
-    assert "centroids_view1" in model.state_dict() and "assignment" in model.state_dict()
+    assert model.has_centroids and all(bool(head.clustered) for _, _, head in model.feature_sets())
+    assert [(name, view) for name, view, _ in model.feature_sets()] == [
+        ("view1", 0),
+        ("view2", 1),
+        ("view1_over", 0),
+        ("view2_over", 1),
+    ]
+    assert torch.allclose(model.over_heads[1].centroids.norm(dim=1), torch.ones(6), atol=1e-5)
+    state = model.state_dict()
+    assert {"heads.0.centroids", "heads.1.sizes", "over_heads.0.clustered", "assignment"} <= set(state)
 
 
 def test_set_centroids_rejects_wrong_keys_and_shapes():
     model = _model()
     with pytest.raises(ValueError, match="keys"):
         model.set_centroids({"view1": torch.randn(4, 16)})
-    with pytest.raises(ValueError, match="view2"):
+    with pytest.raises(ValueError, match=r"set_centroids 'view2': centroids must be \(4, 16\), got \(5, 16\)"):
         model.set_centroids({"view1": torch.randn(4, 16), "view2": torch.randn(5, 16)})
 
 
 def test_view_features_align_the_second_view_with_the_first():
     model = _model().eval()
     image = torch.randn(1, 3, 32, 32)
-    batch = {"image1": image.flip(-1), "image2": image, "geometry": torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0]])}
+    geometry = ViewGeometry(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([True]))
+    batch = {"image1": image.flip(-1), "image2": image, "geometry": geometry}
     with torch.no_grad():
         features1, features2 = model.view_features(batch)
         direct = model(image).flip(-1)
@@ -108,14 +111,15 @@ def test_training_needs_centroids_and_trains_the_network_only():
     model = _model(over_clusters=6)
     batch = _batch()
     with pytest.raises(RuntimeError, match="KMeansRefresh"):
-        model.compute_losses(batch)
+        model.on_train_epoch_start()  # checked once per epoch, after KMeansRefresh's refresh
     _fit_centroids(model, batch)
+    model.on_train_epoch_start()
     losses = model.compute_losses(batch)
     assert set(losses) >= {"loss", "within_view", "across_view", "over_loss", "clusters_used"}
     losses["loss"].backward()
     grads = [p.grad for p in model.network.parameters()]
     assert all(g is not None for g in grads) and all(torch.isfinite(g).all() for g in grads)
-    assert not any(name.startswith("centroids") for name, _ in model.named_parameters())
+    assert not any("heads" in name for name, _ in model.named_parameters())
     optimizer = model.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 1e-4
 
@@ -139,15 +143,15 @@ def test_epoch_labels_come_from_a_frozen_copy_taken_with_the_centroids():
     assert not frozen.training  # ... which stays frozen and in eval mode
     with torch.no_grad():
         expected = [F.normalize(f, dim=1) for f in model.view_features(batch, frozen)]
-        labels = [model.centroids(f"view{i}") for i in (1, 2)]
-        labels = [torch.einsum("bdhw,kd->bkhw", f, c).argmax(1) for f, c in zip(expected, labels, strict=True)]
+        centroids = [head.centroids for head in model.heads]
+        labels = [torch.einsum("bdhw,kd->bkhw", f, c).argmax(1) for f, c in zip(expected, centroids, strict=True)]
     captured = {}
     import pixcontrast.modules.picie as picie_module
 
     original = picie_module.picie_loss
 
     def spy(*args):
-        captured["labels"] = args[7]  # picie_loss(f1, f2, c1, c2, temperature, weights, logits, labels, sizes)
+        captured["labels"] = args[4]  # picie_loss(f1, f2, head1, head2, labels, temperature)
         return original(*args)
 
     picie_module.picie_loss = spy
@@ -166,7 +170,7 @@ def test_dot_logits_keep_the_raw_centroids_and_score_with_them():
     model = _model(logits="dot", temperature=1.0).eval()
     raw = {key: torch.randn(count, 16) * 0.3 for key, count in model.cluster_counts().items()}
     model.set_centroids(raw)
-    assert torch.equal(model.centroids("view1"), raw["view1"])
+    assert torch.equal(model.heads[0].centroids, raw["view1"])
     images = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         features = model(images)
@@ -176,22 +180,27 @@ def test_dot_logits_keep_the_raw_centroids_and_score_with_them():
     assert torch.isfinite(model.compute_losses(_batch())["loss"])
 
 
-def test_clustering_pass_uses_batch_statistics_without_touching_running_statistics():
-    model = _model()
-    batchnorm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+@pytest.mark.parametrize("training", [True, False])
+def test_clustering_pass_uses_batch_statistics_and_restores_the_mode(training):
+    """The clustering hooks own the mode: train mode while collecting, the previous mode back afterwards."""
+    model = _model(label_source="epoch")
+    batchnorm = next(m for m in model.network.modules() if isinstance(m, torch.nn.BatchNorm2d))
     before = batchnorm.running_mean.clone()
-    model.select_views = lambda: None  # no trainer in this test
-    model.eval()
+    model.train(training)
     model.on_cluster_start()
-    assert model.training and batchnorm.momentum == 0.0
+    assert model.training and batchnorm.momentum == 0.0 and not model.label_network.training
     model.cluster_features(_batch())
     model.on_cluster_end()
     assert torch.equal(batchnorm.running_mean, before) and batchnorm.momentum == 0.1
+    assert model.training == training and not model.label_network.training
 
 
 def test_predict_maps_clusters_to_classes_by_the_last_matching():
     model = _model().eval()
+    with pytest.raises(RuntimeError, match="trained checkpoint"):
+        model.on_predict_start()
     _fit_centroids(model, _batch())
+    model.on_predict_start()
     images = torch.randn(2, 3, 32, 32)
     output = model.predict_step({"image": images, "name": ["a", "b"]}, 0)
     assert output["cluster_map"].shape == (2, 32, 32) and torch.equal(output["label_map"], output["cluster_map"])
