@@ -1,10 +1,12 @@
-"""Whole-image, sliding-window and multi-scale + flip inference.
+"""Whole-image, sliding-window and multi-scale + flip inference, and padded batches of mixed sizes.
 
 Every function takes ``model``, a callable ``images B x 3 x h x w -> logits B x K x h x w`` (logits at input
 size, e.g. :class:`~pixcontrast.models.Segmenter` or its inference network), and ``images`` B x 3 x H x W,
 and returns **logits** B x K x H x W: where several predictions cover a pixel (overlapping windows, scales,
 flips), their logits are averaged. Take ``argmax(dim=1)`` for label maps or ``softmax(dim=1)`` for
 probabilities. Call them under ``torch.no_grad()`` / ``torch.inference_mode()``.
+:func:`per_size_inference` runs a padded batch of images of different sizes through any of them, one call per
+group of equal sizes, with each image's logits at its own (or its label's) size.
 """
 
 from __future__ import annotations
@@ -134,6 +136,53 @@ def predict_logits(
     if mode == "multiscale":
         return multiscale_inference(model, images, scales, flip, crop_size, stride, crop_batch_size)
     raise ValueError(f"unknown inference mode {mode!r}; choose one of {MODES}")
+
+
+def per_size_inference(
+    model: Model,
+    images: Tensor,
+    image_sizes: Sequence[Sequence[int]],
+    output_sizes: Sequence[Sequence[int]],
+    output_shape: Sequence[int],
+) -> Tensor:
+    """Logits of a padded batch of images of different sizes, each image at its own size: B x K x Ho x Wo.
+
+    ``images`` B x 3 x H x W hold image ``i`` in their top-left ``image_sizes[i]`` = (h, w); the rest is padding.
+    The images of equal (image size, output size) go through ``model`` together, unpadded, so padding never
+    reaches the network and each image's logits are those of a batch of its own size group (in eval mode: of
+    a batch of one). Each image's logits are resized (bilinear) to ``output_sizes[i]`` (e.g. its label's size)
+    and zero-padded bottom/right to ``output_shape`` = (Ho, Wo). One ``model`` call per size group; a batch of
+    one size is a single call without copies.
+    """
+    _check_images(images)
+    height, width = images.shape[-2:]
+    if not len(image_sizes) == len(output_sizes) == images.shape[0]:
+        raise ValueError(
+            f"got {len(image_sizes)} image sizes and {len(output_sizes)} output sizes for {images.shape[0]} images"
+        )
+    out_h, out_w = (int(v) for v in output_shape)
+    groups: dict[tuple[tuple[int, int], tuple[int, int]], list[int]] = {}
+    for index, (image_size, output_size) in enumerate(zip(image_sizes, output_sizes, strict=True)):
+        (h, w), (oh, ow) = _pair(tuple(image_size), "image size"), _pair(tuple(output_size), "output size")
+        if h > height or w > width or oh > out_h or ow > out_w:
+            raise ValueError(
+                f"item {index}: image size {(h, w)} / output size {(oh, ow)} exceed the batch's padded sizes "
+                f"{(height, width)} / {(out_h, out_w)}; the sizes must be those of the unpadded items"
+            )
+        groups.setdefault(((h, w), (oh, ow)), []).append(index)
+    output: Tensor | None = None
+    for ((h, w), size), indices in groups.items():
+        chosen = images if len(groups) == 1 else images[indices]
+        logits = model(chosen[..., :h, :w])
+        if size != (h, w):
+            logits = _resize(logits, size)
+        if len(groups) == 1 and size == (out_h, out_w):
+            return logits
+        if output is None:
+            output = logits.new_zeros(images.shape[0], logits.shape[1], out_h, out_w)
+        output[indices, :, : size[0], : size[1]] = logits
+    assert output is not None
+    return output
 
 
 def _window_starts(length: int, crop: int, stride: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""Whole-image, sliding-window and multi-scale + flip inference."""
+"""Whole-image, sliding-window and multi-scale + flip inference, and padded batches of mixed sizes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from torch import nn
 
 from pixcontrast.inference import (
     multiscale_inference,
+    per_size_inference,
     predict_logits,
     sliding_window_inference,
     whole_inference,
@@ -117,3 +118,60 @@ def test_model_must_return_logits_at_input_size():
         whole_inference(nn.Conv2d(3, 4, 3, stride=2), _images(16, 16))
     with pytest.raises(ValueError, match="B x C x H x W"):
         whole_inference(_conv(1), torch.randn(3, 16, 16))
+
+
+class _CountingModel(nn.Module):
+    """Two 3 x 3 convolutions (the second sees the first's bias on padded pixels, so padding a batch changes the
+    border of the real pixels), counting its calls and their batch sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)).eval()
+        self.calls: list[int] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls.append(images.shape[0])
+        return self.layers(images)
+
+
+@torch.no_grad()
+def test_per_size_inference_runs_each_size_group_unpadded():
+    model = _CountingModel()
+    sizes = [(6, 8), (4, 10), (6, 8), (5, 5)]
+    images = [_images(h, w, batch=1)[0] * (i + 1) for i, (h, w) in enumerate(sizes)]
+    padded = torch.zeros(4, 3, 6, 10)
+    for slot, image in zip(padded, images, strict=True):
+        slot[:, : image.shape[1], : image.shape[2]] = image
+    whole_padded = model(padded)  # padding changes the logits of the real pixels near the border
+    assert not torch.allclose(whole_padded[1, :, :4, :10], model(images[1][None])[0])
+    model.calls.clear()
+    logits = per_size_inference(model, padded, sizes, sizes, (7, 11))
+    assert logits.shape == (4, 4, 7, 11) and sorted(model.calls) == [1, 1, 2]  # one call per size group
+    for index, (image, (h, w)) in enumerate(zip(images, sizes, strict=True)):
+        torch.testing.assert_close(logits[index, :, :h, :w], model(image[None])[0])
+        assert (logits[index, :, h:] == 0).all() and (logits[index, :, :, w:] == 0).all()
+
+
+@torch.no_grad()
+def test_per_size_inference_resizes_to_the_output_sizes():
+    model = _CountingModel()
+    images = _images(6, 8)
+    logits = per_size_inference(model, images, [(6, 8), (3, 4)], [(12, 16), (6, 8)], (12, 16))
+    upsampled = torch.nn.functional.interpolate(model(images), size=(12, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(logits[0], upsampled[0])
+    small = torch.nn.functional.interpolate(
+        model(images[1:, :, :3, :4]), size=(6, 8), mode="bilinear", align_corners=False
+    )
+    torch.testing.assert_close(logits[1, :, :6, :8], small[0])
+    model.calls.clear()
+    assert per_size_inference(model, images, [(6, 8)] * 2, [(6, 8)] * 2, (6, 8)).shape == (2, 4, 6, 8)
+    assert model.calls == [2]  # a batch of one size: one call on the batch as it is
+
+
+def test_per_size_inference_rejects_sizes_beyond_the_batch():
+    model = _CountingModel()
+    with pytest.raises(ValueError, match="exceed the batch's padded sizes"):
+        per_size_inference(model, _images(6, 8), [(6, 9), (6, 8)], [(6, 8)] * 2, (6, 8))
+    with pytest.raises(ValueError, match="2 image sizes and 1 output sizes for 2 images"):
+        per_size_inference(model, _images(6, 8), [(6, 8)] * 2, [(6, 8)], (6, 8))

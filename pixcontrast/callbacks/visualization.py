@@ -3,10 +3,12 @@
 The callback talks to the LightningModule through one hook, documented on :class:`SegmentationVisualizer`:
 
 ``visualization_outputs(batch) -> Mapping[str, Tensor]``, called in eval mode under ``torch.no_grad`` with a
-batch in the batch format (``image`` B x 3 x H x W on the module's device, ``mask`` B x H x W, ``name``):
+batch in the batch format, unpadded (``image`` B x 3 x H x W on the module's device, ``mask`` B x H' x W' --
+the image's size unless the image alone was resized for evaluation --, ``name``):
 
-- ``prediction`` (required): B x H x W int64 class ids at image size. Cluster models return clusters
-  already mapped to classes by their Hungarian matching (``ignore_index`` for unmatched clusters).
+- ``prediction`` (required): B x H x W int64 class ids at the mask's size, or at the image's size (resized,
+  nearest, to the mask's when an evaluation resize of the image alone made them differ). Cluster models return
+  clusters already mapped to classes by their Hungarian matching (``ignore_index`` for unmatched clusters).
 - ``embeddings`` (optional): B x D x h x w pixel embeddings / features, for the embedding plot.
 - ``cluster_map`` (optional): B x H x W int64 raw cluster ids; when given, the embedding plot is coloured
   by cluster instead of by ground-truth class.
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from pixcontrast.data.base import IGNORE_INDEX, default_palette, denormalize_image
+from pixcontrast.data.base import IGNORE_INDEX, default_palette, denormalize_image, pad_collate
 from pixcontrast.losses.sampling import downsample_labels, gather_pixels, sample_per_group
 
 PROJECTIONS = {"pca": None, "tsne": "sklearn", "umap": "umap"}
@@ -45,8 +47,13 @@ def confusion_counts(target: Tensor, prediction: Tensor, num_classes: int) -> Te
     return counts[:-1].view(num_classes, num_classes)
 
 
-def _pad_to(tensor: Tensor, height: int, width: int, value: float) -> Tensor:
-    return F.pad(tensor, (0, width - tensor.shape[-1], 0, height - tensor.shape[-2]), value=value)
+def _size_chunks(image_sizes: Sequence[tuple[int, int]], mask_sizes: Sequence[tuple[int, int]], chunk: int) -> list:
+    """Item indices in chunks of at most ``chunk`` items of one (image size, mask size), sizes in order of first
+    appearance and items in order within each: the same sequence of items for any ``chunk``."""
+    groups: dict[tuple[tuple[int, int], tuple[int, int]], list[int]] = {}
+    for index, key in enumerate(zip(image_sizes, mask_sizes, strict=True)):
+        groups.setdefault(key, []).append(index)
+    return [items[start : start + chunk] for items in groups.values() for start in range(0, len(items), chunk)]
 
 
 class SegmentationVisualizer(L.Callback):
@@ -70,8 +77,10 @@ class SegmentationVisualizer(L.Callback):
     ``val/confusion_matrix``, and as PNG files ``<name>_epoch<NNN>.png`` in ``output_dir`` (default:
     ``<trainer.log_dir>/visualizations``). Every rank runs the forward pass (so sharded strategies work);
     only global rank 0 draws and writes. With ``grid``, ``embeddings`` and ``confusion_matrix`` all off the
-    callback does nothing at all. Images of different sizes are padded (bottom/right, unlabelled) to the
-    largest one. Needs a datamodule with ``class_names`` and ``palette`` (all pixcontrast datamodules).
+    callback does nothing at all. The hook sees the images unpadded, in chunks of one size of at most the
+    validation batch size, and embeddings are sampled per image, so the pictures do not depend on the batch
+    size; in the grid, images of different sizes are padded (bottom/right, unlabelled) to the largest. Needs a
+    datamodule with ``class_names`` and ``palette`` (all pixcontrast datamodules).
     """
 
     def __init__(
@@ -147,7 +156,8 @@ class SegmentationVisualizer(L.Callback):
 
     # ------------------------------------------------------------------------------------------ collecting
     def _fixed_batch(self, trainer: L.Trainer) -> dict[str, Any]:
-        """The fixed validation images (CPU), loaded once: ``image`` N x 3 x H x W, ``mask`` N x H x W, ``name``."""
+        """The fixed validation items (CPU), loaded once and padded by :func:`~pixcontrast.data.pad_collate`:
+        ``image`` N x 3 x H x W, ``mask`` N x H' x W', ``name``, ``image_size`` and ``mask_size`` (N (h, w))."""
         if self._fixed is not None:
             return self._fixed
         datamodule = trainer.datamodule
@@ -160,15 +170,12 @@ class SegmentationVisualizer(L.Callback):
             dataset = self._val_loader(trainer).dataset
         count = min(len(dataset), self.sample_images)
         indices = torch.linspace(0, len(dataset) - 1, count).round().long().tolist()
-        items = [dataset[i] for i in indices]
-        height = max(item["image"].shape[-2] for item in items)
-        width = max(item["image"].shape[-1] for item in items)
-        self._fixed = {
-            "image": torch.stack([_pad_to(item["image"], height, width, 0.0) for item in items]),
-            "mask": torch.stack([_pad_to(item["mask"], height, width, datamodule.ignore_index) for item in items]),
-            "name": [item.get("name", str(i)) for item, i in zip(items, indices, strict=True)],
-        }
-        return self._fixed
+        fixed = pad_collate([dataset[i] for i in indices], datamodule.ignore_index)
+        fixed["name"] = [str(name) for name in fixed.get("name", indices)]
+        for key in ("image_size", "mask_size"):
+            fixed[key] = [tuple(size) for size in fixed[key].tolist()]
+        self._fixed = fixed
+        return fixed
 
     @staticmethod
     def _val_loader(trainer: L.Trainer) -> Any:
@@ -176,53 +183,51 @@ class SegmentationVisualizer(L.Callback):
         return loaders[0] if isinstance(loaders, Sequence) else loaders
 
     def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any] | None:
-        """Run the hook over the fixed set in chunks; keep grid predictions, confusion counts, sampled embeddings."""
+        """Run the hook over the fixed set in chunks of one size; keep grid predictions, confusion counts and
+        embeddings sampled per image (so that nothing depends on the chunk size)."""
         fixed = self._fixed_batch(trainer)
         num_classes = len(trainer.datamodule.class_names)
         ignore_index = getattr(trainer.datamodule, "ignore_index", IGNORE_INDEX)
         chunk = getattr(self._val_loader(trainer), "batch_size", None) or 1
         generator = torch.Generator().manual_seed(self.seed)
-        predictions, points, groups = [], [], []
+        shown = min(self.num_images, len(fixed["name"])) if self.grid else 0
+        predictions: list[Tensor] = [torch.empty(0)] * shown
+        points, groups = [], []
         by_cluster = False
         confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
         was_training = pl_module.training
         pl_module.eval()
         try:
             with torch.no_grad():
-                for start in range(0, len(fixed["name"]), chunk):
-                    batch = {
-                        "image": fixed["image"][start : start + chunk].to(pl_module.device),
-                        "mask": fixed["mask"][start : start + chunk].to(pl_module.device),
-                        "name": fixed["name"][start : start + chunk],
-                    }
+                for indices in _size_chunks(fixed["image_size"], fixed["mask_size"], chunk):
+                    batch = _unpadded_batch(fixed, indices, pl_module.device)
                     outputs = pl_module.visualization_outputs(batch)
                     if not outputs:
                         return None
-                    prediction = outputs.get("prediction")
-                    if prediction is None or prediction.shape != batch["mask"].shape:
-                        got = None if prediction is None else tuple(prediction.shape)
-                        raise RuntimeError(
-                            "visualization_outputs: 'prediction' must be B x H x W like the mask "
-                            f"{tuple(batch['mask'].shape)}, got {got}"
-                        )
+                    prediction = _prediction_at_mask_size(outputs.get("prediction"), batch)
                     if self.confusion_matrix:
                         confusion += confusion_counts(batch["mask"], prediction, num_classes).cpu()
-                    if self.grid and start < self.num_images:
-                        predictions.append(prediction[: self.num_images - start].cpu())
+                    for row, index in enumerate(indices):
+                        if index < shown:
+                            predictions[index] = prediction[row].cpu()
                     if self.embeddings and "embeddings" in outputs:
                         by_cluster = "cluster_map" in outputs
                         colour_by = outputs["cluster_map"] if by_cluster else batch["mask"]
-                        sampled = self._sample_embeddings(outputs["embeddings"], colour_by, generator, ignore_index)
-                        points.append(sampled[0])
-                        groups.append(sampled[1])
+                        for row in range(len(indices)):
+                            sampled = self._sample_embeddings(
+                                outputs["embeddings"][row : row + 1], colour_by[row : row + 1], generator, ignore_index
+                            )
+                            points.append(sampled[0])
+                            groups.append(sampled[1])
         finally:
             pl_module.train(was_training)
         if self.embeddings and not points:
             rank_zero_warn("SegmentationVisualizer: visualization_outputs returned no 'embeddings'; no embedding plot")
+        images, masks, predicted = _grid_arrays(fixed, predictions, ignore_index) if shown else (None, None, None)
         return {
-            "images": denormalize_image(fixed["image"][: self.num_images]).permute(0, 2, 3, 1).numpy(),
-            "masks": fixed["mask"][: self.num_images].numpy(),
-            "predictions": torch.cat(predictions).numpy() if predictions else None,
+            "images": images,
+            "masks": masks,
+            "predictions": predicted,
             "confusion": confusion if self.confusion_matrix else None,
             "points": torch.cat(points) if points else None,
             "groups": torch.cat(groups) if groups else None,
@@ -291,3 +296,49 @@ class SegmentationVisualizer(L.Callback):
                     experiment.add_image(f"val/{name}", picture, trainer.global_step, dataformats="HWC")
                 elif callable(getattr(logger, "log_image", None)):
                     logger.log_image(key=f"val/{name}", images=[picture], step=trainer.global_step)
+
+
+def _unpadded_batch(fixed: Mapping[str, Any], indices: Sequence[int], device: torch.device) -> dict[str, Any]:
+    """The items ``indices`` (all of one image size and one mask size) of the padded fixed set, unpadded."""
+    (height, width), (mask_height, mask_width) = fixed["image_size"][indices[0]], fixed["mask_size"][indices[0]]
+    index = torch.tensor(indices)
+    return {
+        "image": fixed["image"][index, :, :height, :width].to(device),
+        "mask": fixed["mask"][index, :mask_height, :mask_width].to(device),
+        "name": [fixed["name"][i] for i in indices],
+    }
+
+
+def _prediction_at_mask_size(prediction: Tensor | None, batch: Mapping[str, Tensor]) -> Tensor:
+    """The hook's ``prediction`` at the masks' size: given at it, or at the images' size and resized (nearest)."""
+    masks, images = batch["mask"], batch["image"]
+    if prediction is not None and prediction.shape == masks.shape:
+        return prediction
+    if prediction is not None and prediction.shape == (images.shape[0], *images.shape[-2:]):
+        return F.interpolate(prediction[:, None].float(), size=masks.shape[-2:], mode="nearest-exact")[:, 0].long()
+    got = None if prediction is None else tuple(prediction.shape)
+    raise RuntimeError(
+        f"visualization_outputs: 'prediction' must be B x H x W like the mask {tuple(masks.shape)} or the image "
+        f"{tuple(images.shape[-2:])}, got {got}"
+    )
+
+
+def _grid_arrays(
+    fixed: Mapping[str, Any], predictions: Sequence[Tensor], ignore_index: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images (uint8 N x H x W x 3), masks and predictions (N x H x W) of the first N fixed items at their masks'
+    size (images resized to it when they were resized for evaluation), padded bottom/right (unlabelled)."""
+    sizes = fixed["mask_size"][: len(predictions)]
+    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+    images = torch.zeros(len(predictions), 3, height, width)
+    masks = torch.full((len(predictions), height, width), ignore_index, dtype=torch.int64)
+    predicted = masks.clone()
+    for index, ((mask_h, mask_w), prediction) in enumerate(zip(sizes, predictions, strict=True)):
+        image_h, image_w = fixed["image_size"][index]
+        image = fixed["image"][index, :, :image_h, :image_w].float()
+        if (image_h, image_w) != (mask_h, mask_w):
+            image = F.interpolate(image[None], size=(mask_h, mask_w), mode="bilinear", align_corners=False)[0]
+        images[index, :, :mask_h, :mask_w] = image
+        masks[index, :mask_h, :mask_w] = fixed["mask"][index, :mask_h, :mask_w]
+        predicted[index, :mask_h, :mask_w] = prediction
+    return denormalize_image(images).permute(0, 2, 3, 1).numpy(), masks.numpy(), predicted.numpy()

@@ -1,7 +1,7 @@
 """LightningDataModules and datasets: your own folders, synthetic scenes, Cityscapes, PASCAL-Context, COCO-Stuff,
 PiCIE views."""
 
-from pixcontrast.data.base import RawSample, SegmentationDataModule, SegmentationDataset
+from pixcontrast.data.base import RawSample, SegmentationDataModule, SegmentationDataset, pad_collate
 from pixcontrast.data.cityscapes import CityscapesDataModule
 from pixcontrast.data.coco_stuff import COCOStuffDataModule
 from pixcontrast.data.folder import FolderSegmentationDataModule
@@ -20,4 +20,5 @@ __all__ = [
     "SegmentationDataset",
     "SyntheticScenesDataModule",
     "SyntheticScenesDataset",
+    "pad_collate",
 ]

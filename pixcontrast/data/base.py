@@ -1,15 +1,16 @@
-"""Shared dataset and datamodule machinery: raw samples, tensor conversion, loaders."""
+"""Shared dataset and datamodule machinery: raw samples, tensor conversion, padded evaluation batches, loaders."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -69,6 +70,49 @@ def default_palette(num_colors: int) -> np.ndarray:
     values = 0.95 - 0.3 * ((np.arange(num_colors) // 7) % 2)
     rgb = [colorsys.hsv_to_rgb(h, 0.75, v) for h, v in zip(hues, values, strict=True)]
     return (np.asarray(rgb).reshape(num_colors, 3) * 255).round().astype(np.uint8)
+
+
+_PADDED_KEYS = ("image", "mask")
+
+
+def pad_collate(items: Sequence[Mapping[str, Any]], ignore_index: int = IGNORE_INDEX) -> dict[str, Any]:
+    """Batch items of any sizes: images and masks padded bottom/right to the largest size in the batch.
+
+    ``image`` (3 x h x w, normalised) is padded with 0 (the mean colour) and ``mask`` (h x w) with
+    ``ignore_index``, giving ``image`` B x 3 x H x W and ``mask`` B x H' x W'; ``image_size`` and ``mask_size``
+    (B x 2 int64) hold each item's unpadded (height, width) (an image may differ in size from its mask, e.g.
+    after an evaluation resize of the image alone). Every other entry is collated as ``default_collate`` does
+    (``name``: a list). Items of one size give the stacked tensors of ``default_collate`` plus the two sizes.
+    The modules run each size group of such a batch on its own (see
+    :meth:`~pixcontrast.modules.SegmentationModule.evaluation_logits`); evaluation and predict loaders use it.
+    """
+    if not items:
+        raise ValueError("pad_collate got no items; a batch needs at least one")
+    if any(key not in items[0] for key in _PADDED_KEYS):
+        raise KeyError(f"pad_collate needs items with 'image' and 'mask', got keys {sorted(items[0])}")
+    batch = default_collate([{k: v for k, v in item.items() if k not in _PADDED_KEYS} for item in items])
+    images = [item["image"] for item in items]
+    masks = [item["mask"] for item in items]
+    return {
+        "image": _pad_stack(images, 0.0),
+        "mask": _pad_stack(masks, ignore_index),
+        **batch,
+        "image_size": torch.tensor([image.shape[-2:] for image in images], dtype=torch.int64),
+        "mask_size": torch.tensor([mask.shape[-2:] for mask in masks], dtype=torch.int64),
+    }
+
+
+def _pad_stack(tensors: Sequence[torch.Tensor], fill: float) -> torch.Tensor:
+    """Stack ``... x h x w`` tensors into ``N x ... x H x W``, each in the top-left corner, the rest ``fill``."""
+    height = max(tensor.shape[-2] for tensor in tensors)
+    width = max(tensor.shape[-1] for tensor in tensors)
+    if all(tensor.shape[-2:] == (height, width) for tensor in tensors):
+        return torch.stack(list(tensors))
+    first = tensors[0]
+    out = first.new_full((len(tensors), *first.shape[:-2], height, width), fill)
+    for slot, tensor in zip(out, tensors, strict=True):
+        slot[..., : tensor.shape[-2], : tensor.shape[-1]] = tensor
+    return out
 
 
 class SegmentationDataset(Dataset):
@@ -173,12 +217,15 @@ class SegmentationDataModule(L.LightningDataModule):
                 setattr(self, f"{split}_dataset", self._checked_dataset(split))
 
     def _loader(self, dataset: Dataset | None, split: str, train: bool) -> DataLoader:
+        """Training: shuffled, ``default_collate`` (fixed crops). Evaluation and predict: in order,
+        :func:`pad_collate`, so images of different sizes batch together."""
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the {split} loader")
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            collate_fn=None if train else partial(pad_collate, ignore_index=self.ignore_index),
             drop_last=train and self.drop_last and len(dataset) >= self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),

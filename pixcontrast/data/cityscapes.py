@@ -32,8 +32,20 @@ class CityscapesDataModule(BenchmarkDataModule):
         crop_size: training crop (height, width).
         scale_range: random scale range of the training pipeline (``None``: no scaling).
         hflip / photometric: random horizontal flip / colour jitter in training.
-        eval_resize: resize the shorter side of val/test images to this many pixels (default: full size).
+        eval_resize: resize the shorter side of val/test images (and masks) to this many pixels (default: full
+            size).
         eval_crop: centre crop (height, width) of val/test images after ``eval_resize``.
+        short_side: resize the shorter side to this many pixels before the random scale in training, and of
+            the val/test/predict images alone (bilinear), whose masks keep their size: the modules score the
+            logits resized to the label's own resolution (not with ``eval_resize``). The official PASCAL-Context
+            and COCO-Stuff protocols use 520 (ContrastiveSeg ``configs/pascal_context/H_48_D_4.json``,
+            ``configs/coco_stuff/H_48_D_4.json``: ``resize.min_side_length`` in ``train_trans`` and ``val_trans``).
+        aspect_range: with the random scale ``s``, stretch width by ``s * sqrt(r)`` and height by ``s / sqrt(r)``,
+            ``r`` uniform in ``(low, high)`` (``None``: no stretch). Official: ``(0.9, 1.1)``, every ContrastiveSeg
+            config (``random_resize.aspect_range``, ``lib/datasets/tools/cv2_aug_transforms.py`` ``RandomResize``).
+        brightness_shift: add one integer uniform in ``[-n, n]`` to every channel of each training crop, clipped
+            to 0..255 (``0``: off). Official: ``10`` with probability 1 (``random_brightness``: ``shift_value`` 10,
+            ``ratio`` 1.0, ``RandomBrightness`` in ``cv2_aug_transforms.py``), every ContrastiveSeg config.
         extra_train_splits: further ``leftImg8bit`` splits added to training as unlabelled images (all pixels
             ignored), e.g. ``["train_extra"]`` (``leftImg8bit_trainextra.zip``) or ``["test"]`` for
             unsupervised training.

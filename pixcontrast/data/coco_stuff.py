@@ -57,7 +57,9 @@ class COCOStuffDataModule(BenchmarkDataModule):
             ``pixcontrast prepare coco-stuff --root ROOT --curate``); ids may omit the zero padding.
 
     Everything else as :class:`~pixcontrast.data.cityscapes.CityscapesDataModule`; sizes are (height, width).
-    Val/test images vary in size, hence ``eval_batch_size`` defaults to 1; set ``eval_crop`` to batch them.
+    Val/test images vary in size (``short_side=520`` is the official protocol); evaluation batches pad them and
+    the modules run each size on its own (see :func:`~pixcontrast.data.pad_collate`), so any
+    ``eval_batch_size`` gives the metrics of batches of one.
     """
 
     dataset_name = "COCO-Stuff"
@@ -75,16 +77,13 @@ class COCOStuffDataModule(BenchmarkDataModule):
         label_set: str = "171",
         *,
         batch_size: int = 16,
-        eval_batch_size: int | None = 1,
         crop_size: tuple[int, int] = (512, 512),
         variant: str = "164k",
         train_image_list: str | None = None,
         val_image_list: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, label_set, batch_size=batch_size, eval_batch_size=eval_batch_size, crop_size=crop_size, **kwargs
-        )
+        super().__init__(root, label_set, batch_size=batch_size, crop_size=crop_size, **kwargs)
         if variant not in VARIANTS:
             raise ValueError(f"COCO-Stuff: unknown variant {variant!r}; choose one of {list(VARIANTS)}")
         self.variant = variant

@@ -79,7 +79,8 @@ class FileSegmentationDataModule(SegmentationDataModule):
 
     Subclasses set ``dataset_name``, ``layout`` (the expected tree, for error messages) and ``prepare_hint``,
     and implement :meth:`build_dataset` with :meth:`transform_for` and :meth:`layout_error`, and the class
-    names. Sizes are ``(height, width)``.
+    names. Sizes are ``(height, width)``. The transform options are documented on
+    :class:`~pixcontrast.data.cityscapes.CityscapesDataModule`.
     """
 
     dataset_name: ClassVar[str]
@@ -95,6 +96,9 @@ class FileSegmentationDataModule(SegmentationDataModule):
         photometric: bool = False,
         eval_resize: int | None = None,
         eval_crop: tuple[int, int] | None = None,
+        short_side: int | None = None,
+        aspect_range: tuple[float, float] | None = None,
+        brightness_shift: int = 0,
         train_transform: Callable | None = None,
         eval_transform: Callable | None = None,
         **loader_options: Any,
@@ -102,8 +106,16 @@ class FileSegmentationDataModule(SegmentationDataModule):
         super().__init__(**loader_options)
         self.root = Path(root).expanduser()
         # Built now so that bad options fail at construction, before any data is touched.
-        self.train_transform = train_transform or build_train_transform(crop_size, scale_range, hflip, photometric)
-        self.eval_transform = eval_transform or build_eval_transform(eval_resize, eval_crop)
+        self.train_transform = train_transform or build_train_transform(
+            crop_size,
+            scale_range,
+            hflip,
+            photometric,
+            short_side=short_side,
+            aspect_range=aspect_range,
+            brightness_shift=brightness_shift,
+        )
+        self.eval_transform = eval_transform or build_eval_transform(eval_resize, eval_crop, short_side=short_side)
 
     def transform_for(self, split: str) -> Transform | None:
         """The (worker-seeded) transform of ``split``: the training pipeline for ``train``, else evaluation."""

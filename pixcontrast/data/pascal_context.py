@@ -33,8 +33,9 @@ class PascalContextDataModule(BenchmarkDataModule):
     ``VOC2010/SegmentationClassContext/``; any other value than 0..59 and 255 raises a
     :class:`~pixcontrast.data.label_maps.LabelValueError` naming the file.
     Items are named by the VOC id, e.g. ``2008_000002``.
-    Val/test images keep their size (about 500 x 375, varying), hence ``eval_batch_size`` defaults to 1;
-    set ``eval_crop`` to batch them.
+    Val/test images keep their size (about 500 x 375, varying; ``short_side=520`` is the official protocol);
+    evaluation batches pad them and the modules run each size on its own (see
+    :func:`~pixcontrast.data.pad_collate`), so any ``eval_batch_size`` gives the metrics of batches of one.
 
     Args:
         root: the VOC2010 folder, or a folder holding ``VOCdevkit/VOC2010`` or ``VOC2010``.
@@ -61,13 +62,10 @@ class PascalContextDataModule(BenchmarkDataModule):
         label_set: str = "59",
         *,
         batch_size: int = 16,
-        eval_batch_size: int | None = 1,
         crop_size: tuple[int, int] = (480, 480),
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, label_set, batch_size=batch_size, eval_batch_size=eval_batch_size, crop_size=crop_size, **kwargs
-        )
+        super().__init__(root, label_set, batch_size=batch_size, crop_size=crop_size, **kwargs)
 
     def build_dataset(self, split: str) -> FileSegmentationDataset:
         voc = find_voc_root(self.root)

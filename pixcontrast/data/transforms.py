@@ -1,4 +1,5 @@
-"""Albumentations pipelines of the papers: random scale + pad + random crop + flip (+ photometric), and eval.
+"""Albumentations pipelines of the papers: short-side resize + random scale and aspect + pad + random crop + flip
+(+ brightness shift, photometric), and evaluation.
 
 A transform is any callable ``transform(image=H x W x 3 uint8, mask=H x W int) -> {"image": ..., "mask": ...}``
 (the albumentations calling convention), so a user may pass an ``A.Compose`` or their own function.
@@ -25,11 +26,17 @@ def _pair(value: Sequence[int] | int, name: str) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def _scale_range(value: Sequence[float]) -> tuple[float, float]:
+def _scale_range(value: Sequence[float], name: str = "scale_range") -> tuple[float, float]:
     low, high = (float(v) for v in value)
     if not 0 < low <= high:
-        raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {tuple(value)!r}")
+        raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {tuple(value)!r}")
     return low, high
+
+
+def _side(value: int, name: str) -> int:
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive int (pixels), got {value!r}")
+    return int(value)
 
 
 def scale_crop(
@@ -71,14 +78,18 @@ def scale_crop(
     return out
 
 
-def _random_scale_crop_class() -> type:
-    """Build :class:`RandomScaleCrop` lazily so that albumentations is imported only when used."""
+def _albumentations_classes() -> dict[str, type]:
+    """Build the transforms below lazily so that albumentations is imported only when used."""
     import albumentations as A
     import cv2
 
     class RandomScaleCrop(A.DualTransform):
         """Random scale in ``scale_range``, pad to ``(height, width)`` (image ``fill``, mask ``fill_mask``),
         random ``(height, width)`` crop -- in one warp of the crop window (see :func:`scale_crop`).
+
+        ``short_side`` first scales the image so that its shorter side has that many pixels (the random scale
+        multiplies that size). ``aspect_range`` (a, b) stretches width by ``sqrt(r)`` and height by
+        ``1 / sqrt(r)`` with ``r`` uniform in [a, b], as the official ContrastiveSeg ``RandomResize``.
         """
 
         def __init__(
@@ -88,17 +99,24 @@ def _random_scale_crop_class() -> type:
             scale_range: tuple[float, float] = (0.5, 2.0),
             fill: float = 0,
             fill_mask: float = IGNORE_INDEX,
+            short_side: int | None = None,
+            aspect_range: tuple[float, float] | None = None,
             p: float = 1.0,
         ) -> None:
             super().__init__(p=p)
             self.height, self.width = _pair((height, width), "crop size")
             self.scale_range = _scale_range(scale_range)
             self.fill, self.fill_mask = fill, fill_mask
+            self.short_side = None if short_side is None else _side(short_side, "short_side")
+            self.aspect_range = None if aspect_range is None else _scale_range(aspect_range, "aspect_range")
 
         def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
             height, width = params["shape"][:2]
             scale = self.py_random.uniform(*self.scale_range)
-            scaled = (max(1, round(height * scale)), max(1, round(width * scale)))
+            if self.short_side is not None:
+                scale *= self.short_side / min(height, width)
+            stretch = 1.0 if self.aspect_range is None else math.sqrt(self.py_random.uniform(*self.aspect_range))
+            scaled = (max(1, round(height * scale / stretch)), max(1, round(width * scale * stretch)))
             offset = (
                 self.py_random.randint(0, max(scaled[0] - self.height, 0)),
                 self.py_random.randint(0, max(scaled[1] - self.width, 0)),
@@ -112,21 +130,59 @@ def _random_scale_crop_class() -> type:
             return scale_crop(mask, (self.height, self.width), scaled_size, offset, cv2.INTER_NEAREST, self.fill_mask)
 
         def get_transform_init_args_names(self) -> tuple[str, ...]:
-            return ("height", "width", "scale_range", "fill", "fill_mask")
+            return ("height", "width", "scale_range", "fill", "fill_mask", "short_side", "aspect_range")
 
-    RandomScaleCrop.__module__ = __name__
-    RandomScaleCrop.__qualname__ = "RandomScaleCrop"
-    return RandomScaleCrop
+    class RandomBrightnessShift(A.ImageOnlyTransform):
+        """Add one integer uniform in [-shift, shift] to every channel of a uint8 image, clipped to [0, 255]:
+        the official ContrastiveSeg ``RandomBrightness`` (``cv2_aug_transforms.py``)."""
+
+        def __init__(self, shift: int, p: float = 1.0) -> None:
+            super().__init__(p=p)
+            self.shift = _side(shift, "brightness_shift")
+
+        def get_params(self) -> dict[str, Any]:
+            return {"offset": self.py_random.randint(-self.shift, self.shift)}
+
+        def apply(self, img: np.ndarray, offset: int, **params: Any) -> np.ndarray:
+            return np.clip(img.astype(np.int16) + offset, 0, 255).astype(np.uint8)
+
+        def get_transform_init_args_names(self) -> tuple[str, ...]:
+            return ("shift",)
+
+    class ResizeShortSide(A.ImageOnlyTransform):
+        """Resize the image alone (bilinear) so that its shorter side has ``short_side`` pixels; the mask keeps
+        its size, so predictions are scored at the label's own resolution."""
+
+        def __init__(self, short_side: int, p: float = 1.0) -> None:
+            super().__init__(p=p)
+            self.short_side = _side(short_side, "short_side")
+
+        def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+            height, width = img.shape[:2]
+            ratio = self.short_side / min(height, width)
+            size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+            return img if size == (width, height) else cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+
+        def get_transform_init_args_names(self) -> tuple[str, ...]:
+            return ("short_side",)
+
+    classes: dict[str, type] = {}
+    for cls in (RandomScaleCrop, RandomBrightnessShift, ResizeShortSide):
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__
+        classes[cls.__name__] = cls
+    return classes
 
 
 _CLASSES: dict[str, type] = {}
+_CLASS_NAMES = ("RandomScaleCrop", "RandomBrightnessShift", "ResizeShortSide")
 
 
 def __getattr__(name: str) -> Any:
-    """Module attribute ``RandomScaleCrop``: the albumentations transform, created on first access."""
-    if name == "RandomScaleCrop":
-        if name not in _CLASSES:
-            _CLASSES[name] = _random_scale_crop_class()
+    """Module attributes ``RandomScaleCrop``, ``RandomBrightnessShift``, ``ResizeShortSide``: the albumentations
+    transforms, created on first access."""
+    if name in _CLASS_NAMES:
+        if not _CLASSES:
+            _CLASSES.update(_albumentations_classes())
         return _CLASSES[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -137,24 +193,41 @@ def build_train_transform(
     hflip: bool = True,
     photometric: bool = False,
     ignore_index: int = IGNORE_INDEX,
+    *,
+    short_side: int | None = None,
+    aspect_range: Sequence[float] | None = None,
+    brightness_shift: int = 0,
 ) -> Transform:
     """The training pipeline of the papers as an ``A.Compose``.
 
-    Random scale in ``scale_range`` (``None``: no scaling), zero-pad the image and ``ignore_index``-pad the mask
-    up to ``crop_size`` = (height, width), random crop of ``crop_size``, horizontal flip with p = 0.5 (``hflip``),
-    and with ``photometric`` a colour jitter (brightness 0.125, contrast 0.5, saturation 0.5, hue 0.05,
-    p = 0.5) close to the photometric distortion of the supervised pixel-contrast recipe.
+    Resize so that the shorter side has ``short_side`` pixels (``None``: keep the size), random scale in
+    ``scale_range`` (``None``: no scaling) with the width / height stretched by ``sqrt(r)`` / ``1 / sqrt(r)``
+    for ``r`` uniform in ``aspect_range`` (``None``: no stretch) -- all three in one resampling --, zero-pad the
+    image and ``ignore_index``-pad the mask up to ``crop_size`` = (height, width), random crop of ``crop_size``,
+    horizontal flip with p = 0.5 (``hflip``), a brightness shift by one integer uniform in
+    ``[-brightness_shift, brightness_shift]`` on every channel (``0``: off), and with ``photometric`` a colour
+    jitter (brightness 0.125, contrast 0.5, saturation 0.5, hue 0.05, p = 0.5).
     """
     import albumentations as A
 
+    if int(brightness_shift) != brightness_shift or brightness_shift < 0:
+        raise ValueError(f"brightness_shift must be an int >= 0 (pixel values; 0: off), got {brightness_shift!r}")
     height, width = _pair(crop_size, "crop_size")
     steps: list[Any] = [
         __getattr__("RandomScaleCrop")(
-            height, width, scale_range=scale_range or (1.0, 1.0), fill=0, fill_mask=ignore_index
+            height,
+            width,
+            scale_range=scale_range or (1.0, 1.0),
+            fill=0,
+            fill_mask=ignore_index,
+            short_side=short_side,
+            aspect_range=aspect_range,
         )
     ]
     if hflip:
         steps.append(A.HorizontalFlip(p=0.5))
+    if brightness_shift:
+        steps.append(__getattr__("RandomBrightnessShift")(int(brightness_shift)))
     if photometric:
         steps.append(A.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05, p=0.5))
     return A.Compose(steps)
@@ -164,14 +237,23 @@ def build_eval_transform(
     resize: int | None = None,
     crop_size: Sequence[int] | int | None = None,
     ignore_index: int = IGNORE_INDEX,
+    *,
+    short_side: int | None = None,
 ) -> Transform | None:
     """The evaluation pipeline: resize the shorter side to ``resize`` pixels (keeping the aspect ratio), then
-    centre-crop ``crop_size`` = (height, width), padding with 0 / ``ignore_index`` when smaller.
+    centre-crop ``crop_size`` = (height, width), padding with 0 / ``ignore_index`` when smaller -- image and
+    mask alike. ``short_side`` resizes the image alone (its shorter side to that many pixels, bilinear) after
+    the crop: the mask keeps its size and the module scores its logits resized to it (the label's resolution).
 
-    Returns ``None`` (images at full resolution) when both are ``None``.
+    Returns ``None`` (images at full resolution) when all are ``None``.
     """
     import albumentations as A
 
+    if resize is not None and short_side is not None:
+        raise ValueError(
+            f"eval_resize={resize!r} resizes image and mask, short_side={short_side!r} the image alone (scored at "
+            "the label's size); give one of them"
+        )
     steps: list[Any] = []
     if resize is not None:
         if int(resize) != resize or resize < 1:
@@ -180,6 +262,8 @@ def build_eval_transform(
     if crop_size is not None:
         height, width = _pair(crop_size, "eval_crop")
         steps.append(A.CenterCrop(height, width, pad_if_needed=True, fill=0, fill_mask=ignore_index))
+    if short_side is not None:
+        steps.append(__getattr__("ResizeShortSide")(short_side))
     return A.Compose(steps) if steps else None
 
 

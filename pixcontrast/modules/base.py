@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -13,7 +13,7 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from pixcontrast.inference import predict_logits
+from pixcontrast.inference import per_size_inference, predict_logits
 from pixcontrast.models import Segmenter
 from pixcontrast.modules.evaluation import StageEvaluation
 
@@ -21,16 +21,41 @@ EVAL_MODES = ("whole", "slide", "multiscale")
 OPTIMIZERS = ("sgd", "adamw")
 
 
-def masked_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int) -> Tensor:
-    """Mean cross-entropy over the pixels that are not ``ignore_index``.
+def masked_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int, weight: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy over the pixels that are not ``ignore_index``, optionally class-weighted.
 
-    ``logits`` B x K x h x w are bilinearly upsampled to the size of ``target`` (B x H x W) first. A batch
-    without a single labelled pixel gives 0 (still connected to the graph) instead of NaN, with no host sync.
+    ``logits`` B x K x h x w are bilinearly upsampled to the size of ``target`` (B x H x W) first. With
+    ``weight`` (K positive floats) the mean is weighted, ``sum_i w[y_i] l_i / sum_i w[y_i]`` over the labelled
+    pixels, as ``F.cross_entropy(weight=...)``. A batch without a single labelled pixel gives 0 (still
+    connected to the graph) instead of NaN, with no host sync.
     """
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
-    return total / (target != ignore_index).sum().clamp_min(1)
+    weight = None if weight is None else weight.float()
+    total = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index, reduction="sum")
+    labelled = target != ignore_index
+    if weight is None:
+        return total / labelled.sum().clamp_min(1)
+    pixel_weights = weight[torch.where(labelled, target, 0)] * labelled
+    return total / pixel_weights.sum().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def check_class_weights(class_weights: Sequence[float], num_classes: int) -> Tensor:
+    """``class_weights`` as a float32 tensor of ``num_classes`` positive finite values, or a ValueError."""
+    weights = torch.as_tensor(class_weights, dtype=torch.float64)
+    if weights.ndim != 1 or len(weights) != num_classes:
+        raise ValueError(
+            f"class_weights must hold one weight per class (num_classes={num_classes}), got shape "
+            f"{tuple(weights.shape)}: {list(class_weights)}; give a list of {num_classes} floats or null (unweighted)"
+        )
+    bad = ~(torch.isfinite(weights) & (weights > 0))
+    if bool(bad.any()):
+        index = int(bad.nonzero()[0])
+        raise ValueError(
+            f"class_weights must be positive and finite, got {weights[index].item()} for class {index}; "
+            "a class to leave out of the loss belongs in ignore_index, not a weight of 0"
+        )
+    return weights.float()
 
 
 class SegmentationModule(StageEvaluation, L.LightningModule):
@@ -42,7 +67,12 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
 
     ``forward(images)`` is the inference path: B x 3 x H x W -> logits B x K x H x W. Validation and test use
     ``eval_mode`` (``whole``, ``slide`` with ``eval_crop_size``/``eval_stride`` as (H, W), or ``multiscale``
-    with ``eval_scales`` and ``eval_flip``). The optimiser is SGD with poly decay (the papers' default) or AdamW.
+    with ``eval_scales`` and ``eval_flip``), on each image at its own size and scored at its mask's size
+    (:meth:`evaluation_logits`), so padded batches of images of different sizes give the metrics and
+    predictions of batches of one. The optimiser is SGD with poly decay (the papers' default) or AdamW.
+    ``class_weights`` (K positive floats, e.g. the official Cityscapes weights) weight the main and auxiliary
+    cross-entropy and the validation loss per class; they are a buffer (``self.class_weights``), so they move
+    with the module and are saved in its checkpoints. ``None`` (default) is the unweighted mean.
     Every ``check_finite_every_n_steps`` steps (0: never) the loss terms are checked for NaN/inf, one host sync
     per check; a bad step raises ``FloatingPointError`` naming the step and the offending terms.
     """
@@ -60,6 +90,7 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
         pretrained: bool = False,
         weights_path: str | None = None,
         ignore_index: int = 255,
+        class_weights: Sequence[float] | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.01,
         momentum: float = 0.9,
@@ -87,7 +118,9 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
             raise ValueError("eval_mode='slide' needs eval_crop_size=(H, W) (and optionally eval_stride)")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+        weights = None if class_weights is None else check_class_weights(class_weights, num_classes)
         self.save_hyperparameters()
+        self.register_buffer("class_weights", weights)
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self._batches_checked: set[str] = set()
         self.configure_models()
@@ -165,9 +198,10 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
     def check_batch(self, batch: dict[str, Any], stage: str) -> None:
         """Reject unusable batches with a clear message.
 
-        Every batch: a missing key or an empty batch. The first batch of each stage also has its label values
-        checked (one host sync, once per stage), so a wrong label set fails early instead of deep inside
-        the cross-entropy.
+        Every batch: a missing key, an empty batch, as many masks as images; in training also masks of the
+        images' size (evaluation scores logits resized to the masks' size). The first batch of each stage also
+        has its label values checked (one host sync, once per stage), so a wrong label set fails early instead
+        of deep inside the cross-entropy.
         """
         for key in ("image", "mask"):
             if key not in batch:
@@ -175,7 +209,7 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
         images, masks = batch["image"], batch["mask"]
         if images.shape[0] == 0:
             raise ValueError(f"received an empty {stage} batch (0 images); check the dataset and its sampler")
-        if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+        if masks.shape[0] != images.shape[0] or (stage == "train" and masks.shape[-2:] != images.shape[-2:]):
             raise ValueError(
                 f"{stage} batch: mask shape {tuple(masks.shape)} does not match image shape {tuple(images.shape)}"
             )
@@ -205,12 +239,13 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
         return self.supervised_losses(output, batch["mask"])
 
     def supervised_losses(self, output: Any, masks: Tensor) -> dict[str, Tensor]:
-        """Cross-entropy (+ ``aux_weight`` x auxiliary cross-entropy) of a :class:`SegmenterOutput`."""
-        ignore = self.hparams.ignore_index
-        losses = {"ce": masked_cross_entropy(output.logits, masks, ignore)}
+        """Cross-entropy (+ ``aux_weight`` x auxiliary cross-entropy) of a :class:`SegmenterOutput`, both
+        weighted by ``class_weights`` when given."""
+        ignore, weight = self.hparams.ignore_index, self.class_weights
+        losses = {"ce": masked_cross_entropy(output.logits, masks, ignore, weight)}
         total = losses["ce"]
         if output.aux_logits is not None:
-            losses["aux_ce"] = masked_cross_entropy(output.aux_logits, masks, ignore)
+            losses["aux_ce"] = masked_cross_entropy(output.aux_logits, masks, ignore, weight)
             total = total + self.hparams.aux_weight * losses["aux_ce"]
         losses["loss"] = total
         return losses
@@ -244,12 +279,28 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
         return losses["loss"]
 
     # ------------------------------------------------------------------------------------------ evaluation
+    def evaluation_logits(self, batch: Mapping[str, Any]) -> Tensor:
+        """Logits B x K x H x W at the size of the batch's ``mask`` (of ``image`` in a batch without masks).
+
+        Each image runs through :meth:`predict_logits` at its own size and its logits are resized (bilinear)
+        to its mask's size: a padded evaluation batch (see :func:`~pixcontrast.data.pad_collate`) holds the
+        unpadded sizes in ``image_size`` and ``mask_size`` (B x 2), and its images run once per group of equal
+        sizes, so the logits of every image equal those of a batch of one; the padding holds zeros. Reading
+        the sizes is a host sync; without them the images and masks are taken as unpadded (no sync).
+        """
+        images = batch["image"]
+        count = images.shape[0]
+        shape = tuple(batch["mask"].shape[-2:]) if "mask" in batch else tuple(images.shape[-2:])
+        image_sizes = batch["image_size"].tolist() if "image_size" in batch else [tuple(images.shape[-2:])] * count
+        mask_sizes = batch["mask_size"].tolist() if "mask_size" in batch else [shape] * count
+        return per_size_inference(self.predict_logits, images, image_sizes, mask_sizes, shape)
+
     def evaluation_step(self, batch: dict[str, Any], stage: str) -> None:
-        """Validation/test step: logits with the configured evaluation mode, the stage's metrics and loss."""
+        """Validation/test step: :meth:`evaluation_logits`, the stage's metrics and (weighted) loss at mask size."""
         self.check_batch(batch, stage)
-        logits = self.predict_logits(batch["image"])
+        logits = self.evaluation_logits(batch)
         masks = batch["mask"]
-        loss = masked_cross_entropy(logits, masks, self.hparams.ignore_index)
+        loss = masked_cross_entropy(logits, masks, self.hparams.ignore_index, self.class_weights)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(logits.argmax(dim=1), masks)
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=masks.shape[0])
@@ -267,13 +318,14 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
         }
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Label maps B x H x W (int64) with the names and images, for :class:`SegmentationPredictionWriter`."""
-        logits = self.predict_logits(batch["image"])
-        return {"label_map": logits.argmax(dim=1), "name": batch.get("name"), "image": batch["image"]}
+        """Label maps B x H x W (int64, at the masks' size, see :meth:`evaluation_logits`) with the names and
+        images, for :class:`SegmentationPredictionWriter`."""
+        label_map = self.evaluation_logits(batch).argmax(dim=1)
+        return {"label_map": label_map, "name": batch.get("name"), "image": batch["image"]}
 
     def visualization_outputs(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Hook for :class:`SegmentationVisualizer`: ``prediction`` B x H x W (int64)."""
-        return {"prediction": self.predict_logits(batch["image"]).argmax(dim=1)}
+        """Hook for :class:`SegmentationVisualizer`: ``prediction`` B x H x W (int64, at the masks' size)."""
+        return {"prediction": self.evaluation_logits(batch).argmax(dim=1)}
 
     # ------------------------------------------------------------------------------------------ optimiser
     def parameter_groups(self) -> list[dict[str, Any]]:

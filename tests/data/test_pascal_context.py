@@ -48,7 +48,8 @@ def test_items_and_eval_batches(prepared: tuple[Path, dict[str, np.ndarray]]) ->
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["image"].shape == (2, 3, 24, 24) and batch["mask"].shape == (2, 24, 24)
-    assert next(iter(datamodule.val_dataloader()))["name"] == ["2008_000009"]  # eval_batch_size defaults to 1
+    val_batch = next(iter(datamodule.val_dataloader()))  # eval_batch_size defaults to batch_size
+    assert val_batch["name"] == ["2008_000009", "2008_000016"] and val_batch["image_size"].tolist() == [[32, 64]] * 2
     datamodule.setup("test")
     assert datamodule.test_dataset.names == datamodule.val_dataset.names  # no public test labels: test = val
 

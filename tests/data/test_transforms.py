@@ -80,6 +80,66 @@ def test_eval_transform_resize_and_crop() -> None:
     assert build_eval_transform() is None
 
 
+def _labelled_extent(mask: np.ndarray) -> tuple[int, int]:
+    """Rows and columns of the labelled (not 255) block at the top-left of a padded training crop."""
+    labelled = mask != 255
+    return int(labelled.any(axis=1).sum()), int(labelled.any(axis=0).sum())
+
+
+@pytest.mark.parametrize(("scale", "expected"), [(1.0, (20, 40)), (2.0, (40, 64))])
+def test_train_transform_resizes_the_short_side_before_the_random_scale(scale, expected) -> None:
+    """40 x 80 with short_side 20 -> 20 x 40, then the random scale: x2 gives 40 x 80 (cropped to 64 columns)."""
+    mask = np.zeros((40, 80), dtype=np.int64)
+    image = np.zeros((40, 80, 3), dtype=np.uint8)
+    transform = build_train_transform(crop_size=(64, 64), scale_range=(scale, scale), hflip=False, short_side=20)
+    transform.set_random_seed(0)
+    out = transform(image=image, mask=mask)
+    assert out["image"].shape == (64, 64, 3) and out["mask"].shape == (64, 64)
+    assert _labelled_extent(out["mask"]) == expected
+
+
+def test_train_transform_aspect_range_stretches_width_by_sqrt_r() -> None:
+    mask = np.zeros((20, 20), dtype=np.int64)
+    image = np.zeros((20, 20, 3), dtype=np.uint8)
+    transform = build_train_transform(crop_size=(64, 64), scale_range=(1.0, 1.0), hflip=False, aspect_range=(4, 4))
+    transform.set_random_seed(0)
+    assert _labelled_extent(transform(image=image, mask=mask)["mask"]) == (10, 40)  # r = 4: height / 2, width x 2
+    ranged = build_train_transform(crop_size=(64, 64), scale_range=(1.0, 1.0), hflip=False, aspect_range=(0.9, 1.1))
+    ranged.set_random_seed(1)
+    for _ in range(10):
+        height, width = _labelled_extent(ranged(image=image, mask=mask)["mask"])
+        assert 19 <= height <= 21 and 19 <= width <= 21 and abs(height * width - 400) <= 21
+
+
+def test_train_transform_brightness_shift_adds_one_integer_per_image() -> None:
+    image = np.full((16, 16, 3), 100, dtype=np.uint8)
+    image[0, 0] = 250  # clipped at 255
+    mask = np.zeros((16, 16), dtype=np.int64)
+    transform = build_train_transform(crop_size=(16, 16), scale_range=None, hflip=False, brightness_shift=10)
+    transform.set_random_seed(0)
+    shifts = set()
+    for _ in range(40):
+        out = transform(image=image, mask=mask)["image"].astype(int)
+        shift = out[1, 1, 0] - 100
+        assert -10 <= shift <= 10 and (out[1:, 1:] == 100 + shift).all()
+        assert out[0, 0, 0] == min(250 + shift, 255)
+        shifts.add(int(shift))
+    assert min(shifts) < 0 < max(shifts)
+    off = build_train_transform(crop_size=(16, 16), scale_range=None, hflip=False, brightness_shift=0)
+    np.testing.assert_array_equal(off(image=image, mask=mask)["image"], image)
+
+
+def test_eval_transform_short_side_resizes_the_image_alone() -> None:
+    rng = np.random.default_rng(5)
+    image, mask = _smooth_image(rng, 40, 60), rng.integers(0, 5, (40, 60)).astype(np.int64)
+    out = build_eval_transform(short_side=20)(image=image, mask=mask)
+    assert out["image"].shape == (20, 30, 3)
+    np.testing.assert_array_equal(out["mask"], mask)  # scored at the label's own resolution
+    np.testing.assert_allclose(out["image"], cv2.resize(image, (30, 20), interpolation=cv2.INTER_LINEAR), atol=1)
+    tall = build_eval_transform(short_side=20)(image=image.transpose(1, 0, 2).copy(), mask=mask.T.copy())
+    assert tall["image"].shape == (30, 20, 3) and tall["mask"].shape == (60, 40)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -87,6 +147,10 @@ def test_eval_transform_resize_and_crop() -> None:
         ({"crop_size": (10, 10, 10)}, "crop_size"),
         ({"scale_range": (2.0, 0.5)}, "scale_range"),
         ({"scale_range": (0.0, 1.0)}, "scale_range"),
+        ({"short_side": 0}, "short_side must be a positive int"),
+        ({"aspect_range": (1.1, 0.9)}, "aspect_range"),
+        ({"brightness_shift": -1}, "brightness_shift must be an int >= 0"),
+        ({"brightness_shift": 2.5}, "brightness_shift"),
     ],
 )
 def test_train_transform_rejects_bad_options(kwargs: dict, message: str) -> None:
@@ -99,6 +163,10 @@ def test_eval_transform_rejects_bad_options() -> None:
         build_eval_transform(resize=0)
     with pytest.raises(ValueError, match="eval_crop"):
         build_eval_transform(crop_size=(-1, 4))
+    with pytest.raises(ValueError, match="short_side"):
+        build_eval_transform(short_side=-5)
+    with pytest.raises(ValueError, match="eval_resize=320 resizes image and mask, short_side=520"):
+        build_eval_transform(resize=320, short_side=520)
 
 
 def test_worker_seeded_follows_torch_seed_and_pickles() -> None:
