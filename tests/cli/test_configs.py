@@ -82,6 +82,8 @@ def overrides(config: dict, tmp_path: Path) -> list[str]:
         args += [f"{prefix}.batch_size=2", f"{prefix}.num_workers=0"]
         if root is not None:
             args += [f"{prefix}.crop_size=[36, 68]"]  # not a multiple of 32, as 520 x 520
+        if data["init_args"].get("short_side"):  # 520 would evaluate the 32 x 64 fixtures at 520 x 1040
+            args += [f"{prefix}.short_side=36"]
         if data["class_path"].endswith("FolderSegmentationDataModule"):
             args += [f"{prefix}.class_names={FOLDER_CLASS_NAMES}"]
     if root is not None:
