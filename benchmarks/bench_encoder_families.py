@@ -19,6 +19,7 @@ import sys
 import torch
 from bench_train_step import make_batch, time_step  # benchmarks/ is on sys.path when this script runs
 
+from pixcontrast.losses import PixelContrastSettings
 from pixcontrast.modules import ContrastiveSegmenter, SegmentationModule
 
 NUM_CLASSES = 19
@@ -36,7 +37,8 @@ def build_pair(encoder: str) -> dict[str, SegmentationModule]:
     """CE-only and CE + contrast modules (contrast active from step 0) sharing the segmenter weights."""
     common = dict(num_classes=NUM_CLASSES, encoder=encoder, head="fcn", head_channels=256)
     torch.manual_seed(0)
-    pair = {"ce_only": SegmentationModule(**common), "contrast": ContrastiveSegmenter(**common, warmup_steps=0)}
+    contrast = ContrastiveSegmenter(**common, contrast=PixelContrastSettings(warmup_steps=0))
+    pair = {"ce_only": SegmentationModule(**common), "contrast": contrast}
     pair["contrast"].model.load_state_dict(pair["ce_only"].model.state_dict(), strict=False)
     return {key: module.train() for key, module in pair.items()}
 

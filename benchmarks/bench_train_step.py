@@ -32,6 +32,7 @@ import time
 import torch
 from bench_memory_contrast import fill_bank  # benchmarks/ is on sys.path when this script runs
 
+from pixcontrast.losses import PixelContrastSettings
 from pixcontrast.modules import ContrastiveSegmenter, SegmentationModule
 
 NUM_CLASSES = 19
@@ -40,15 +41,15 @@ NUM_CLASSES = 19
 def build_variants(encoder: str, head: str, device: torch.device) -> dict[str, SegmentationModule]:
     """CE-only module and the two contrastive modules with identical segmenter weights."""
     common = dict(num_classes=NUM_CLASSES, encoder=encoder, head=head, head_channels=256, aux_head=head == "aspp")
-    memory = dict(max_views=1, temperature=0.07, loss_weight=1.0, memory_size=5000)
+    plain = PixelContrastSettings(warmup_steps=0)
+    memory = plain.replace(max_views=1, temperature=0.07, loss_weight=1.0, memory_size=5000)
     torch.manual_seed(0)
     variants: dict[str, SegmentationModule] = {"ce_only": SegmentationModule(**common)}
     for suffix, sampled in (("", True), ("_full_map", False)):
-        for name, extra in (("contrast", {}), ("contrast_memory", memory)):
-            variants[name + suffix] = ContrastiveSegmenter(
-                **common, warmup_steps=0, project_sampled_pixels=sampled, **extra
-            )
-    variants["contrast_memory_bf16"] = ContrastiveSegmenter(**common, warmup_steps=0, memory_dtype="bfloat16", **memory)
+        for name, settings in (("contrast", plain), ("contrast_memory", memory)):
+            contrast = settings.replace(project_sampled_pixels=sampled)
+            variants[name + suffix] = ContrastiveSegmenter(**common, contrast=contrast)
+    variants["contrast_memory_bf16"] = ContrastiveSegmenter(**common, contrast=memory.replace(memory_dtype="bfloat16"))
     reference = variants["ce_only"].model.state_dict()
     for module in variants.values():
         module.model.load_state_dict(reference, strict=False)
@@ -124,12 +125,12 @@ def term_idle(module: SegmentationModule, idle: bool):
     if not idle:
         yield
         return
-    warmup = module.contrast.warmup_steps
-    module.contrast.warmup_steps = module.global_step + 1
+    settings = module.contrast.settings
+    module.contrast.settings = settings.replace(warmup_steps=module.global_step + 1)
     try:
         yield
     finally:
-        module.contrast.warmup_steps = warmup
+        module.contrast.settings = settings
 
 
 def bench_model(

@@ -7,7 +7,7 @@ best val mIoU per run, their mean and standard deviation per config, and the wal
     python benchmarks/compare_contrast_synthetic.py [--seeds 0 1 2] [--configs synthetic_baseline synthetic_contrast]
 
 A ``--configs`` entry may carry overrides of its own after the config name, in one quoted argument, e.g.
-``"synthetic_contrast_mem --model.init_args.memory_dtype=bfloat16"``; the first entry is the baseline.
+``"synthetic_contrast_mem --model.init_args.contrast.memory_dtype=bfloat16"``; the first entry is the baseline.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
 from pixcontrast.data import SyntheticScenesDataModule
-from pixcontrast.modules import PixelContrast
+from pixcontrast.losses import PixelContrast
 
 
 class DeepLabV3WithContrast(L.LightningModule):

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from pixcontrast.data.synthetic import SyntheticScenesDataset
+from pixcontrast.losses import PixelContrast
 from pixcontrast.models import Segmenter
-from pixcontrast.modules import PixelContrast
 
 NUM_CLASSES = 8
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import lightning as L
 
 from pixcontrast.data import SyntheticScenesDataModule
+from pixcontrast.losses import PixelContrastSettings
 from pixcontrast.modules import ContrastiveSegmenter
 
 
@@ -30,7 +31,6 @@ class HeadLRContrastiveSegmenter(ContrastiveSegmenter):
 
 if __name__ == "__main__":
     data = SyntheticScenesDataModule(num_train=32, num_val=8, image_size=64, batch_size=8)
-    model = HeadLRContrastiveSegmenter(
-        num_classes=data.num_classes, head_channels=32, proj_dim=32, warmup_steps=2, max_views=20
-    )
+    contrast = PixelContrastSettings(proj_dim=32, warmup_steps=2, max_views=20)
+    model = HeadLRContrastiveSegmenter(num_classes=data.num_classes, head_channels=32, contrast=contrast)
     L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False).fit(model, data)

@@ -20,6 +20,7 @@ import numpy as np
 
 from pixcontrast.data.base import SegmentationDataModule
 from pixcontrast.data.files import FileSegmentationDataset
+from pixcontrast.losses import PixelContrastSettings
 from pixcontrast.modules import ContrastiveSegmenter
 
 
@@ -62,9 +63,7 @@ if __name__ == "__main__":
         model = ContrastiveSegmenter(
             num_classes=data.num_classes,
             head_channels=32,
-            proj_dim=32,
-            warmup_steps=1,
-            max_views=5,
+            contrast=PixelContrastSettings(proj_dim=32, warmup_steps=1, max_views=5),
             lr=1e-3,
             optimizer="adamw",
         )

@@ -15,13 +15,15 @@ _PUBLIC = {
     "pixcontrast.losses": (
         "sample_anchors",
         "supervised_contrastive_loss",
+        "PixelContrast",
+        "PixelContrastSettings",
         "PixelContrastLoss",
         "PixelMemoryBank",
     ),
     "pixcontrast.cluster": ("KMeans",),
     "pixcontrast.metrics": ("hungarian_match", "HungarianMatchedSegmentation"),
     "pixcontrast.models": ("Segmenter",),
-    "pixcontrast.modules": ("SegmentationModule", "ContrastiveSegmenter", "PiCIE", "PixelContrast"),
+    "pixcontrast.modules": ("SegmentationModule", "ContrastiveSegmenter", "PiCIE"),
     "pixcontrast.data": (
         "SyntheticScenesDataModule",
         "CityscapesDataModule",

@@ -7,6 +7,7 @@ import torch
 
 from pixcontrast.export import export_model
 from pixcontrast.inference import multiscale_inference, sliding_window_inference
+from pixcontrast.losses import PixelContrastSettings
 from pixcontrast.models import Segmenter
 from pixcontrast.modules import ContrastiveSegmenter
 
@@ -30,7 +31,8 @@ def images() -> torch.Tensor:  # neither side a multiple of the patch size, nor 
 
 def test_torchscript_export_keeps_any_input_size_and_drops_the_projection_head(images, tmp_path):
     torch.manual_seed(0)
-    module = ContrastiveSegmenter(3, encoder=VIT, head="ocr", head_channels=8, proj_dim=8).eval()
+    contrast = PixelContrastSettings(proj_dim=8)
+    module = ContrastiveSegmenter(3, encoder=VIT, head="ocr", head_channels=8, contrast=contrast).eval()
     network = module.model.inference_network()
     path = export_model(network, tmp_path / "vit.pt", format="torchscript", example_shape=(1, 3, 64, 64))
     loaded = torch.jit.load(str(path))

@@ -2,8 +2,9 @@
 
 from pixcontrast.models.backbones import Encoder, HRNetV2Encoder, TimmEncoder, build_encoder
 from pixcontrast.models.fpn import LightFPN, PiCIENetwork
-from pixcontrast.models.heads import ASPPHead, FCNHead, OCRHead, ProjectionHead
+from pixcontrast.models.heads import ASPPHead, FCNHead, OCRHead
 from pixcontrast.models.segmenter import SegmentationNetwork, Segmenter, SegmenterOutput
+from pixcontrast.moved import moved_names
 
 __all__ = [
     "ASPPHead",
@@ -13,10 +14,11 @@ __all__ = [
     "LightFPN",
     "OCRHead",
     "PiCIENetwork",
-    "ProjectionHead",
     "SegmentationNetwork",
     "Segmenter",
     "SegmenterOutput",
     "TimmEncoder",
     "build_encoder",
 ]
+
+__getattr__ = moved_names(__name__, {"ProjectionHead": "pixcontrast.losses"})

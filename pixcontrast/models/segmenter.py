@@ -18,7 +18,7 @@ class SegmenterOutput(NamedTuple):
 
     ``logits`` B x K x h x w; ``aux_logits`` B x K x h x w or None; ``features`` the B x C x h x w map the
     decode head reads (ResNet: layer4; HRNetV2: the 720-channel concat, before OCR; ViT: the last block at the
-    patch stride; Swin / ConvNeXt: the last stage), which :class:`~pixcontrast.modules.PixelContrast` embeds.
+    patch stride; Swin / ConvNeXt: the last stage), which :class:`~pixcontrast.losses.PixelContrast` embeds.
     """
 
     logits: Tensor
@@ -70,7 +70,7 @@ class Segmenter(nn.Module):
         dropout: dropout before the classifiers.
 
     ``forward`` is the inference path and never runs the auxiliary head (except OCR's regions). The pixel-contrast
-    projection head is not part of the network: :class:`~pixcontrast.modules.PixelContrast` owns it.
+    projection head is not part of the network: :class:`~pixcontrast.losses.PixelContrast` owns it.
     """
 
     def __init__(

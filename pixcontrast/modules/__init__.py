@@ -3,6 +3,8 @@
 from pixcontrast.modules.base import SegmentationModule
 from pixcontrast.modules.contrastive import ContrastiveSegmenter
 from pixcontrast.modules.picie import PiCIE
-from pixcontrast.modules.pixel_contrast import PixelContrast
+from pixcontrast.moved import moved_names
 
-__all__ = ["ContrastiveSegmenter", "PiCIE", "PixelContrast", "SegmentationModule"]
+__all__ = ["ContrastiveSegmenter", "PiCIE", "SegmentationModule"]
+
+__getattr__ = moved_names(__name__, {"PixelContrast": "pixcontrast.losses"})

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
+import yaml
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 
 from pixcontrast.bundled_configs import CONFIG_DIR
-from pixcontrast.cli import main, run_lightning
+from pixcontrast.cli import PixContrastCLI, main, run_lightning
+from pixcontrast.losses import PixelContrastSettings
 
 
 def test_help_lists_modules_datamodules_and_extra_commands(capsys):
@@ -97,3 +101,33 @@ def test_trainer_switches_turn_off_the_default_callbacks(switch, dropped, kept, 
     kinds = [type(callback) for callback in cli.trainer.callbacks]
     assert dropped not in kinds and kept in kinds
     assert cli.trainer.state.finished and cli.trainer.global_step == 1  # the run itself went through
+
+
+HARD_MINING = ["--model.init_args.contrast.hard_mining=true", "--model.init_args.contrast.num_hard_negatives=64"]
+
+
+def test_every_contrast_option_is_a_key_under_contrast(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIG_DIR / "synthetic_contrast_mem.yaml"), *HARD_MINING, "--print_config"])
+    init_args = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    contrast = init_args["contrast"]
+    assert list(contrast) == [field.name for field in dataclasses.fields(PixelContrastSettings)]
+    assert contrast["hard_mining"] is True and contrast["num_hard_negatives"] == 64
+    assert (contrast["memory_size"], contrast["warmup_steps"], contrast["max_views"]) == (2000, 40, 1)  # the config's
+    assert not set(init_args) & set(contrast) - {"ignore_index"}  # no flat contrast options
+
+
+def test_contrast_options_of_the_command_line_reach_the_memory_bank(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "--config",
+        str(CONFIG_DIR / "synthetic_contrast_mem.yaml"),
+        *HARD_MINING,
+        "--model.init_args.encoder=resnet10t",
+    ]
+    cli = PixContrastCLI(
+        LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False, args=args
+    )
+    bank = cli.model.contrast.memory_bank
+    assert bank.hard_mining and bank.num_hard_negatives == 64 and bank.memory_size == 2000
+    assert cli.model.hparams.contrast == dataclasses.asdict(cli.model.contrast.settings)

@@ -29,13 +29,9 @@ CONTRASTIVE = {
         "encoder": "resnet10t",
         "head": "fcn",
         "head_channels": 16,
-        "proj_dim": 16,
-        "warmup_steps": 0,
-        "loss_weight": 1.0,
-        "max_samples": 64,
-        "max_views": 3,
         "optimizer": "sgd",
         "lr": 0.01,
+        "contrast": {"proj_dim": 16, "warmup_steps": 0, "loss_weight": 1.0, "max_samples": 64, "max_views": 3},
     },
 }
 
@@ -58,8 +54,12 @@ def synthetic_data(**overrides: Any) -> dict[str, Any]:
     return {"class_path": SYNTHETIC["class_path"], "init_args": {**SYNTHETIC["init_args"], **overrides}}
 
 
-def model_config(base: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    return {"class_path": base["class_path"], "init_args": {**base["init_args"], **overrides}}
+def model_config(base: dict[str, Any], contrast: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """``base`` with ``overrides`` of its init_args and ``contrast`` over its contrast settings."""
+    init_args = {**base["init_args"], **overrides}
+    if contrast:
+        init_args["contrast"] = {**base["init_args"]["contrast"], **contrast}
+    return {"class_path": base["class_path"], "init_args": init_args}
 
 
 def write_config(

@@ -51,7 +51,7 @@ def sharded_memory_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp_memory")
     config = write_config(
         root / "config.yaml",
-        model_config(CONTRASTIVE, **MEMORY),
+        model_config(CONTRASTIVE, contrast=MEMORY),
         synthetic_data(num_train=8, num_val=4),
         root,
         callbacks=[probe(root / "probe")],
@@ -106,7 +106,10 @@ def test_sharded_metrics_equal_one_process_validate(sharded_memory_run, tmp_path
     checkpoint = sharded_memory_run / "checkpoints" / "last.ckpt"
     ddp_metrics = load(sharded_memory_run / "probe" / "rank0.pt")["metrics"]
     config = write_config(
-        tmp_path / "config.yaml", model_config(CONTRASTIVE, **MEMORY), synthetic_data(num_train=8, num_val=4), tmp_path
+        tmp_path / "config.yaml",
+        model_config(CONTRASTIVE, contrast=MEMORY),
+        synthetic_data(num_train=8, num_val=4),
+        tmp_path,
     )
     cli = run_local("validate", config, f"--ckpt_path={checkpoint}")
     local = {key: float(value) for key, value in cli.trainer.callback_metrics.items()}
@@ -188,20 +191,20 @@ def test_sharded_picie_clusters_globally(tmp_path):
     assert_states_equal(rank0["first_centroids"], rank1["first_centroids"])
     assert_states_equal(rank0["state_dict"], rank1["state_dict"])  # weights, centroids, matching
     assert_optimizer_states_equal(rank0["optimizer"], rank1["optimizer"])
-    assert rank0["state_dict"]["clustered"] and not torch.equal(
-        rank0["first_centroids"]["centroids_view1"], rank0["state_dict"]["centroids_view1"]
+    assert rank0["state_dict"]["heads.0.clustered"] and not torch.equal(
+        rank0["first_centroids"]["heads.0.centroids"], rank0["state_dict"]["heads.0.centroids"]
     )  # refreshed at the second epoch
     height, width = PiCIENetwork("resnet10t", 16).eval()(torch.zeros(1, 3, 32, 32)).shape[-2:]
     assert rank0["metrics"]["kmeans/points_view1"] == 4 * height * width  # both ranks' images
     checkpoint = load(tmp_path / "checkpoints" / "last.ckpt")
-    torch.testing.assert_close(checkpoint["state_dict"]["centroids_view1"], rank0["state_dict"]["centroids_view1"])
+    torch.testing.assert_close(checkpoint["state_dict"]["heads.0.centroids"], rank0["state_dict"]["heads.0.centroids"])
 
 
 def test_contrast_warm_up_under_ddp(tmp_path):
     """The projection head idles during the warm-up; DDP (without find_unused_parameters) must still reduce."""
     config = write_config(
         tmp_path / "config.yaml",
-        model_config(CONTRASTIVE, warmup_steps=2, **MEMORY),
+        model_config(CONTRASTIVE, contrast={**MEMORY, "warmup_steps": 2}),
         synthetic_data(num_train=8, num_val=2),
         tmp_path,
         callbacks=[probe(tmp_path / "probe")],

@@ -8,12 +8,14 @@ import pytest
 import torch
 from conftest import CONTRASTIVE, PICIE, load, model_config, picie_data, probe, run_local, synthetic_data, write_config
 
+MEMORY = {"memory_size": 16, "pixels_per_image": 2}
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "data", "callbacks"),
     [
-        (model_config(CONTRASTIVE, memory_size=16, pixels_per_image=2), synthetic_data(), []),
+        (model_config(CONTRASTIVE, contrast=MEMORY), synthetic_data(), []),
         (model_config(PICIE), picie_data(), [{"class_path": "pixcontrast.callbacks.KMeansRefresh"}]),
     ],
     ids=["contrastive_memory", "picie"],
@@ -43,7 +45,7 @@ def test_contrast_loss_and_kmeans_compute_in_fp32_under_bf16_autocast():
     from pixcontrast.modules import ContrastiveSegmenter
 
     torch.manual_seed(0)
-    module = ContrastiveSegmenter(4, **{**CONTRASTIVE["init_args"], "memory_size": 16, "pixels_per_image": 2})
+    module = ContrastiveSegmenter(4, **model_config(CONTRASTIVE, contrast=MEMORY)["init_args"])
     dataset = SyntheticScenesDataset(2, num_classes=4, image_size=48)
     batch = {key: torch.stack([dataset[i][key] for i in range(2)]) for key in ("image", "mask")}
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -68,7 +68,7 @@ def crash_and_resume(root: Path, model: dict, data: dict, callbacks: list) -> tu
 def test_contrast_with_memory_resumes_exactly(tmp_path):
     full, _ = crash_and_resume(
         tmp_path,
-        model_config(CONTRASTIVE, memory_size=16, pixels_per_image=2, dropout=0.1),
+        model_config(CONTRASTIVE, contrast={"memory_size": 16, "pixels_per_image": 2}, dropout=0.1),
         synthetic_data(num_train=4, batch_size=2),
         [],
     )
@@ -78,6 +78,6 @@ def test_contrast_with_memory_resumes_exactly(tmp_path):
 
 def test_picie_resumes_exactly(tmp_path):
     full, _ = crash_and_resume(tmp_path, model_config(PICIE), picie_data(num_train=4, batch_size=2), [KMEANS])
-    assert full["state_dict"]["clustered"]
-    for key in ("centroids_view1", "centroids_view2"):
+    assert full["state_dict"]["heads.0.clustered"]
+    for key in ("heads.0.centroids", "heads.1.centroids"):
         assert full["first_centroids"][key].abs().sum() > 0

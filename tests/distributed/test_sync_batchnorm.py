@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
+from pixcontrast.losses import ProjectionHead
 from pixcontrast.models import Segmenter
 from pixcontrast.models.fpn import PiCIENetwork
-from pixcontrast.models.heads import ProjectionHead
 
 
 def networks() -> dict[str, nn.Module]:

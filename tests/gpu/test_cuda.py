@@ -24,6 +24,7 @@ from pixcontrast.cluster import KMeans
 from pixcontrast.data import PiCIEDataModule, SyntheticScenesDataModule
 from pixcontrast.losses import (
     PixelContrastLoss,
+    PixelContrastSettings,
     PixelMemoryBank,
     class_memory_contrastive_loss,
     supervised_contrastive_loss,
@@ -182,12 +183,9 @@ def test_bf16_mixed_contrastive_training_steps_stay_finite(tmp_path: Path, memor
         num_classes=4,
         encoder="resnet18",
         head_channels=32,
-        proj_dim=32,
-        warmup_steps=0,
-        max_samples=256,
-        max_views=16,
-        memory_size=memory_size,
-        pixels_per_image=4,
+        contrast=PixelContrastSettings(
+            proj_dim=32, warmup_steps=0, max_samples=256, max_views=16, memory_size=memory_size, pixels_per_image=4
+        ),
         check_finite_every_n_steps=1,
     )
     trainer = _trainer(tmp_path, precision="bf16-mixed", max_steps=4, limit_val_batches=1)
@@ -206,9 +204,9 @@ def test_bf16_mixed_picie_with_kmeans_refresh_on_cuda(tmp_path: Path) -> None:
     trainer.fit(model, datamodule=data)
     _assert_finite_metrics(trainer, "train/")
     _assert_finite_metrics(trainer, "kmeans/")
-    assert bool(model.clustered)
-    for key in model.cluster_counts():
-        centroids = model.centroids(key)
+    assert model.has_centroids
+    for _, _, head in model.feature_sets():
+        centroids = head.centroids
         assert centroids.device.type == CUDA.type and centroids.dtype == torch.float32
         torch.testing.assert_close(centroids.norm(dim=1), torch.ones(4, device=CUDA), rtol=0, atol=1e-4)
     assert 0.0 <= float(trainer.callback_metrics["val/miou"]) <= 1.0
@@ -236,7 +234,7 @@ def test_one_gpu_ddp_fit_through_the_command_uses_nccl(tmp_path: Path) -> None:
         f"--trainer.default_root_dir={tmp_path}",
         "--trainer.callbacks+=backend_probe.BackendProbe",
         f"--trainer.callbacks.path={probe}",
-        "--model.init_args.warmup_steps=0",
+        "--model.init_args.contrast.warmup_steps=0",
         "--data.init_args.num_workers=2",
     ]
     environment = {

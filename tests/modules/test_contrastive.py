@@ -1,12 +1,15 @@
-"""ContrastiveSegmenter and its PixelContrast term: warm-up, memory variant, the hook, zero inference overhead."""
+"""ContrastiveSegmenter: its contrast term (warm-up, memory variant, settings), the hook, zero inference overhead."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
+from pixcontrast.losses import PixelContrastSettings
 from pixcontrast.models import Segmenter
-from pixcontrast.modules import ContrastiveSegmenter, PixelContrast
+from pixcontrast.modules import ContrastiveSegmenter
 
 
 def scene_batch(batch_size: int = 2, size: int = 32, num_classes: int = 3) -> dict:
@@ -17,10 +20,10 @@ def scene_batch(batch_size: int = 2, size: int = 32, num_classes: int = 3) -> di
     return {"image": images, "mask": masks, "name": [str(i) for i in range(batch_size)]}
 
 
-def contrastive(**kwargs) -> ContrastiveSegmenter:
-    defaults = dict(num_classes=3, head_channels=16, proj_dim=8, max_views=2, warmup_steps=0)
-    defaults.update(kwargs)
-    return ContrastiveSegmenter(**defaults)
+def contrastive(head: str = "fcn", **options) -> ContrastiveSegmenter:
+    """A tiny segmenter whose term has ``options`` (fields of PixelContrastSettings) over small defaults."""
+    settings = PixelContrastSettings(proj_dim=8, max_views=2, warmup_steps=0).replace(**options)
+    return ContrastiveSegmenter(num_classes=3, head=head, head_channels=16, contrast=settings)
 
 
 def test_contrast_term_is_added_after_warmup():
@@ -110,36 +113,16 @@ def test_inference_costs_nothing_extra(head):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"proj_dim": 0}, "proj_dim"), ({"loss_weight": -1}, "loss_weight"), ({"segment_pixels": 0}, "segment_pixels")],
+    [
+        ({"proj_dim": 0}, "proj_dim"),
+        ({"loss_weight": -1}, "loss_weight"),
+        ({"segment_pixels": 0, "memory_size": 4}, "segment_pixels"),
+        ({"ignore_index": 0}, "contrast.ignore_index=0 differs from ignore_index=255"),
+    ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         contrastive(**kwargs)
-
-
-def feature_batch(channels: int = 6, classes: int = 3, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    masks = torch.randint(0, classes, (2, 4, 4), generator=generator).repeat_interleave(4, 1).repeat_interleave(4, 2)
-    features = torch.randn(2, channels, 8, 8, generator=generator, requires_grad=True)
-    logits = torch.randn(2, classes, 4, 4, generator=generator)  # another resolution than the features
-    return features, masks, logits
-
-
-def test_warmup_gives_zero_gradients_then_the_weighted_loss():
-    term = PixelContrast(6, 3, proj_dim=4, loss_weight=0.5, warmup_steps=2, max_views=4)
-    features, masks, logits = feature_batch()
-    idle = term(features, masks, logits, step=1)
-    assert idle.item() == 0.0 and term.loss(features, masks, logits, step=1) is None
-    idle.backward()
-    assert all(p.grad is not None and not p.grad.any() for p in term.head.parameters())
-    term.zero_grad()
-    weighted = term(features, masks, logits, step=2, generator=torch.Generator().manual_seed(0))
-    plain = term.loss(features, masks, logits, step=2, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(weighted, 0.5 * plain)
-    assert plain > 0
-    weighted.backward()
-    assert all(p.grad.abs().sum() > 0 for p in term.head.parameters())
-    assert features.grad.abs().sum() > 0
 
 
 def test_the_segmenter_uses_the_same_term():
@@ -154,15 +137,6 @@ def test_the_segmenter_uses_the_same_term():
     assert set(module.contrast.state_dict()) >= {"head.layers.1.weight"}
 
 
-def test_memory_bank_lives_in_the_term():
-    term = PixelContrast(6, 3, proj_dim=4, memory_size=8, pixels_per_image=2, max_views=1)
-    features, masks, logits = feature_batch()
-    term(features, masks, logits, step=0)
-    assert term.memory_bank is not None and term.memory_bank.filled.sum() > 0
-    assert any(key.startswith("criterion.memory_bank.") for key in term.state_dict())
-    assert PixelContrast(6, 3).memory_bank is None
-
-
 def test_contrast_inputs_hook_changes_what_the_term_sees():
     seen = []
 
@@ -174,7 +148,7 @@ def test_contrast_inputs_hook_changes_what_the_term_sees():
             masks[masks != 0] = self.hparams.ignore_index  # one class only: no negatives, no positive pairs
             return {**inputs, "masks": masks}
 
-    module = OnlyClassZero(num_classes=3, head_channels=16, proj_dim=8, max_views=2, warmup_steps=0)
+    module = OnlyClassZero(num_classes=3, head_channels=16, contrast=PixelContrastSettings(proj_dim=8, max_views=2))
     losses = module.compute_losses(scene_batch())
     assert len(seen) == 1 and set(seen[0]) == {"features", "masks", "logits"}
     assert seen[0]["features"].shape[1] == module.model.encoder.head_channels
@@ -182,31 +156,45 @@ def test_contrast_inputs_hook_changes_what_the_term_sees():
     assert contrastive().compute_losses(scene_batch())["contrast"] > 0
 
 
-@pytest.mark.parametrize(
-    ("shapes", "message"),
-    [
-        (((2, 5, 8, 8), (2, 16, 16), (2, 3, 4, 4)), "in_channels=6"),
-        (((2, 6, 8, 8), (2, 16), (2, 3, 4, 4)), "masks must be"),
-        (((2, 6, 8, 8), (3, 16, 16), (2, 3, 4, 4)), "masks must be"),
-        (((2, 6, 8, 8), (2, 16, 16), (2, 4, 4)), "logits must be"),
-    ],
-)
-def test_bad_inputs_name_the_cause(shapes, message):
-    features, masks, logits = (torch.zeros(shape) for shape in shapes)
-    with pytest.raises(ValueError, match=message):
-        PixelContrast(6, 3)(features, masks.long(), logits, step=0)
+def test_the_term_takes_the_module_ignore_index_and_its_settings():
+    settings = PixelContrastSettings(proj_dim=8, memory_size=4, hard_mining=True, num_hard_negatives=5)
+    module = ContrastiveSegmenter(num_classes=3, head_channels=16, ignore_index=0, contrast=settings)
+    assert module.contrast.settings == settings.replace(ignore_index=0)
+    assert module.contrast.criterion.ignore_index == module.contrast.memory_bank.ignore_index == 0
+    assert module.contrast.memory_bank.hard_mining and module.contrast.memory_bank.num_hard_negatives == 5
+    assert ContrastiveSegmenter(num_classes=3, head_channels=16).contrast.settings.warmup_steps == 5000
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"proj_dim": 0}, "proj_dim"),
-        ({"loss_weight": -1.0}, "loss_weight"),
-        ({"warmup_steps": -1}, "warmup_steps"),
-        ({"segment_pixels": 0}, "segment_pixels"),
-        ({"in_channels": 0}, "in_channels"),
-    ],
-)
-def test_pixel_contrast_bad_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        PixelContrast(**{"in_channels": 6, "num_classes": 3, **kwargs})
+def test_hyper_parameters_hold_the_settings_as_a_plain_dict():
+    settings = PixelContrastSettings(proj_dim=8, max_views=2, memory_dtype="bfloat16")
+    module = ContrastiveSegmenter(num_classes=3, head_channels=16, contrast=settings)
+    assert module.hparams.contrast == dataclasses.asdict(settings)  # checkpoints load with weights_only=True
+    assert not {"proj_dim", "max_views", "memory_dtype"} & set(module.hparams)
+    rebuilt = ContrastiveSegmenter(**module.hparams)
+    assert rebuilt.contrast.settings == settings
+
+
+def test_a_subclass_that_forwards_kwargs_keeps_the_plain_dict():
+    class Forwarding(ContrastiveSegmenter):
+        def __init__(self, num_classes: int, *, extra: int = 1, **kwargs) -> None:
+            super().__init__(num_classes, **kwargs)
+
+    settings = PixelContrastSettings(proj_dim=8, max_views=2)
+    module = Forwarding(3, extra=2, head_channels=16, contrast=settings)
+    assert module.contrast.settings == settings and module.hparams.extra == 2
+    assert module.hparams.contrast == dataclasses.asdict(settings)
+
+
+def test_flat_options_of_0_1_are_read_into_the_settings_with_a_warning():
+    with pytest.warns(
+        FutureWarning, match=r"flat proj_dim, warmup_steps, max_views .*contrast=PixelContrastSettings\(proj_dim=8,"
+    ):
+        module = ContrastiveSegmenter(num_classes=3, head_channels=16, proj_dim=8, warmup_steps=3, max_views=2)
+    assert module.contrast.settings == PixelContrastSettings(proj_dim=8, warmup_steps=3, max_views=2)
+    assert module.hparams.contrast == dataclasses.asdict(module.contrast.settings)
+    assert "proj_dim" not in module.hparams
+
+
+def test_unknown_contrast_option_names_its_close_match():
+    with pytest.raises(TypeError, match=r"'proj_dims' \(did you mean 'proj_dim'\?\)"):
+        ContrastiveSegmenter(num_classes=3, head_channels=16, contrast={"proj_dims": 8})

@@ -1,7 +1,7 @@
-"""PixelContrast: the pixel-contrast term as one plug-in object for any segmentation LightningModule.
+"""PixelContrast: the pixel-contrast term as one plug-in ``nn.Module`` for any segmentation training loop.
 
-A plain ``nn.Module`` (no Lightning): it owns the projection head, the warm-up, the sampled projection, the
-optional memory bank and the rule that keeps DDP working while the term is off. Adding the term to a module::
+Pure torch (no Lightning): it owns the projection head, the warm-up and weighting rule, the sampled projection,
+the optional memory bank and the rule that keeps DDP working while the term is off. Adding the term to a module::
 
     self.contrast = PixelContrast(in_channels=features_channels, num_classes=19)        # in __init__
     loss = loss + self.contrast(features, masks, logits, self.global_step)                # in training_step
@@ -9,16 +9,29 @@ optional memory bank and the rule that keeps DDP working while the term is off. 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixcontrast.losses import PixelContrastLoss, PixelMemoryBank
-from pixcontrast.models.heads import ProjectionHead
+from pixcontrast.losses.contrast_settings import PixelContrastSettings
+from pixcontrast.losses.memory_bank import PixelMemoryBank
+from pixcontrast.losses.pixel_contrast_loss import PixelContrastLoss
+from pixcontrast.losses.projection_head import ProjectionHead
 
-__all__ = ["PixelContrast"]
+__all__ = ["ContrastTerms", "PixelContrast"]
+
+
+class ContrastTerms(NamedTuple):
+    """What the term gives at one step: ``weighted`` to add to the total loss, ``loss`` to log.
+
+    ``weighted``: ``loss_weight x loss``, or during the warm-up a zero that gives every head parameter a zero
+    gradient. ``loss``: the unweighted scalar loss, None during the warm-up.
+    """
+
+    weighted: Tensor
+    loss: Tensor | None
 
 
 class PixelContrast(nn.Module):
@@ -31,72 +44,62 @@ class PixelContrast(nn.Module):
     and predictions first and the head embeds only those pixels (plus the memory bank's new pixels): the same
     embeddings for a fraction of the cost, except that the head's BatchNorm statistics come from those pixels.
     ``memory_size > 0`` adds the memory variant's per-class pixel and segment queues (saved in checkpoints).
+    ``self.settings`` is the :class:`PixelContrastSettings` the term was built with.
 
     Args:
         in_channels: channels ``C`` of the features the head reads.
         num_classes: ``K`` (the memory bank keeps one pair of queues per class).
-        proj_dim: embedding size ``D``.
-        loss_weight: weight of the term in the total loss.
-        warmup_steps: steps before the term switches on (the papers: 5000 on Cityscapes).
-        temperature, base_temperature, max_samples, max_views, ignore_index, gather_anchors: see
-            :class:`~pixcontrast.losses.PixelContrastLoss`.
-        memory_size, pixels_per_image, segment_pixels, memory_dtype: see
-            :class:`~pixcontrast.losses.PixelMemoryBank` (``memory_size=0``: no memory bank).
-        project_sampled_pixels: embed only the sampled pixels (default) or the whole map first (the reference).
+        settings: the options (:class:`PixelContrastSettings`; its defaults when None).
+        **options: fields of ``settings`` to override, e.g. ``proj_dim=64, warmup_steps=5000``.
     """
 
     def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        proj_dim: int = 256,
-        *,
-        loss_weight: float = 0.1,
-        warmup_steps: int = 0,
-        temperature: float = 0.1,
-        base_temperature: float = 0.07,
-        max_samples: int = 1024,
-        max_views: int = 100,
-        ignore_index: int = 255,
-        memory_size: int = 0,
-        pixels_per_image: int = 10,
-        segment_pixels: int = 64,
-        memory_dtype: Literal["float32", "bfloat16"] = "float32",
-        gather_anchors: bool = False,
-        project_sampled_pixels: bool = True,
+        self, in_channels: int, num_classes: int, settings: PixelContrastSettings | None = None, **options: Any
     ) -> None:
         super().__init__()
-        for name, value in [
-            ("in_channels", in_channels),
-            ("num_classes", num_classes),
-            ("proj_dim", proj_dim),
-            ("segment_pixels", segment_pixels),
-            ("pixels_per_image", pixels_per_image),
-        ]:
+        if settings is not None and not isinstance(settings, PixelContrastSettings):
+            raise TypeError(
+                f"settings must be a PixelContrastSettings, got {type(settings).__name__}; "
+                "give single options by name (e.g. proj_dim=64)"
+            )
+        settings = (settings or PixelContrastSettings()).replace(**options)
+        for name, value in [("in_channels", in_channels), ("num_classes", num_classes)]:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if loss_weight < 0:
-            raise ValueError(f"loss_weight must be >= 0, got {loss_weight}")
-        if warmup_steps < 0 or memory_size < 0:
-            raise ValueError(f"warmup_steps and memory_size must be >= 0, got {warmup_steps} and {memory_size}")
+        if settings.loss_weight < 0:
+            raise ValueError(f"loss_weight must be >= 0, got {settings.loss_weight}")
+        if settings.warmup_steps < 0 or settings.memory_size < 0:
+            raise ValueError(
+                f"warmup_steps and memory_size must be >= 0, got {settings.warmup_steps} and {settings.memory_size}"
+            )
         self.in_channels = in_channels
-        self.loss_weight = loss_weight
-        self.warmup_steps = warmup_steps
-        self.project_sampled_pixels = project_sampled_pixels
-        self.head = ProjectionHead(in_channels, proj_dim)
+        self.settings = settings
+        self.head = ProjectionHead(in_channels, settings.proj_dim)
         memory_bank = None
-        if memory_size > 0:
+        if settings.memory_size > 0:
             memory_bank = PixelMemoryBank(
                 num_classes,
-                proj_dim,
-                memory_size=memory_size,
-                pixels_per_image=pixels_per_image,
-                ignore_index=ignore_index,
-                segment_pixels=segment_pixels,
-                memory_dtype=memory_dtype,
+                settings.proj_dim,
+                memory_size=settings.memory_size,
+                pixels_per_image=settings.pixels_per_image,
+                gather_distributed=settings.gather_distributed,
+                ignore_index=settings.ignore_index,
+                hard_mining=settings.hard_mining,
+                mining_fraction=settings.mining_fraction,
+                num_hard_positives=settings.num_hard_positives,
+                num_hard_negatives=settings.num_hard_negatives,
+                segment_pixels=settings.segment_pixels,
+                memory_dtype=settings.memory_dtype,
             )
         self.criterion = PixelContrastLoss(
-            temperature, base_temperature, max_samples, max_views, ignore_index, memory_bank, gather_anchors
+            temperature=settings.temperature,
+            base_temperature=settings.base_temperature,
+            max_samples=settings.max_samples,
+            max_views=settings.max_views,
+            ignore_index=settings.ignore_index,
+            memory_bank=memory_bank,
+            gather_anchors=settings.gather_anchors,
+            update_memory=settings.update_memory,
         )
 
     @property
@@ -106,7 +109,7 @@ class PixelContrast(nn.Module):
 
     def active(self, step: int) -> bool:
         """Whether the term is on at training step ``step`` (after the warm-up)."""
-        return step >= self.warmup_steps
+        return step >= self.settings.warmup_steps
 
     def embed(self, features: Tensor) -> Tensor:
         """Unit-norm embeddings of a whole map: ``B x C x h x w -> B x proj_dim x h x w`` (e.g. to visualise)."""
@@ -132,7 +135,7 @@ class PixelContrast(nn.Module):
         if logits.shape[-2:] != features.shape[-2:]:
             logits = F.interpolate(logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
         predictions = logits.max(dim=1).indices  # the argmax; 5x faster than argmax(dim=1) on CPU
-        if self.project_sampled_pixels:
+        if self.settings.project_sampled_pixels:
             return self.criterion(features, masks, predictions, generator, projection=self.head.project_pixels)
         return self.criterion(self.head(features), masks, predictions, generator)
 
@@ -140,12 +143,21 @@ class PixelContrast(nn.Module):
         """A zero that gives every head parameter a zero gradient (what the term adds during the warm-up)."""
         return sum(parameter.sum() for parameter in self.head.parameters()) * 0.0
 
+    def terms(
+        self, features: Tensor, masks: Tensor, logits: Tensor, step: int, generator: torch.Generator | None = None
+    ) -> ContrastTerms:
+        """The term at ``step``: ``loss_weight x`` :meth:`loss` (or :meth:`idle` during the warm-up) and the loss.
+
+        Takes the arguments of :meth:`loss`. Add ``weighted`` to the total loss; log ``loss`` when it is not None.
+        """
+        loss = self.loss(features, masks, logits, step, generator)
+        return ContrastTerms(self.idle() if loss is None else self.settings.loss_weight * loss, loss)
+
     def forward(
         self, features: Tensor, masks: Tensor, logits: Tensor, step: int, generator: torch.Generator | None = None
     ) -> Tensor:
-        """``loss_weight x`` :meth:`loss` after the warm-up, :meth:`idle` before: add it to the total loss."""
-        loss = self.loss(features, masks, logits, step, generator)
-        return self.idle() if loss is None else self.loss_weight * loss
+        """What to add to the total loss: the ``weighted`` of :meth:`terms` (a scalar)."""
+        return self.terms(features, masks, logits, step, generator).weighted
 
     def _check(self, features: Tensor, masks: Tensor, logits: Tensor) -> None:
         if features.dim() != 4 or features.shape[1] != self.in_channels:
@@ -163,7 +175,8 @@ class PixelContrast(nn.Module):
             )
 
     def extra_repr(self) -> str:
+        settings = self.settings
         return (
-            f"loss_weight={self.loss_weight}, warmup_steps={self.warmup_steps}, "
-            f"project_sampled_pixels={self.project_sampled_pixels}"
+            f"loss_weight={settings.loss_weight}, warmup_steps={settings.warmup_steps}, "
+            f"project_sampled_pixels={settings.project_sampled_pixels}"
         )
