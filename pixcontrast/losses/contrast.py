@@ -85,6 +85,7 @@ class _RowContrast(torch.autograd.Function):
         loss, grad_negative, grad_positive = contrast_terms(
             torch.where(negative, logits, float("-inf")), logits, positive, scale
         )
+        assert grad_negative is not None and grad_positive is not None  # with_grad=True returns them
         grad = grad_negative.sub_(grad_positive)  # dL/ds, disjoint supports
         ctx.temperature = temperature
         ctx.symmetric = contrast is None
@@ -134,6 +135,7 @@ def contrast_rows(
         symmetric = contrast is None
         if symmetric:
             contrast_labels = labels
+        assert contrast_labels is not None  # the callers pass contrast_labels with contrast
         same = labels[:, None] == contrast_labels[None, :]
         if symmetric:  # class ids are never negative: every row is used, the diagonal is the anchor itself
             negative, positive = ~same, same.fill_diagonal_(False)
@@ -146,7 +148,7 @@ def contrast_rows(
                 positive.scatter_(1, self_index[:, None], False)
             negative = ~same & used
         dtype = torch.promote_types(features.dtype, torch.float32)  # float32, or float64 if given
-        other = None if symmetric else as_contrast_rows(contrast, dtype)
+        other = None if contrast is None else as_contrast_rows(contrast, dtype)
         return _RowContrast.apply(
             features.to(dtype), other, positive, negative, temperature, temperature / base_temperature
         )
@@ -199,6 +201,7 @@ def supervised_contrastive_loss(
         if memory_mask is not None:
             raise ValueError("memory_mask needs memory and memory_labels")
         return contrast_rows(features, labels, temperature, base_temperature)
+    assert memory_labels is not None  # checked above: given together with memory
     if memory.dim() != 2 or memory.shape[1] != dim:
         raise ValueError(f"memory must be M x D with D = {dim} (the anchors' dim), got {tuple(memory.shape)}")
     if memory_labels.shape != (memory.shape[0],):

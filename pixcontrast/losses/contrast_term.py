@@ -141,7 +141,9 @@ class PixelContrast(nn.Module):
 
     def idle(self) -> Tensor:
         """A zero that gives every head parameter a zero gradient (what the term adds during the warm-up)."""
-        return sum(parameter.sum() for parameter in self.head.parameters()) * 0.0
+        zero = sum(parameter.sum() for parameter in self.head.parameters()) * 0.0
+        assert isinstance(zero, Tensor)  # the head has parameters: a tensor, not the 0 of an empty sum
+        return zero
 
     def terms(
         self, features: Tensor, masks: Tensor, logits: Tensor, step: int, generator: torch.Generator | None = None

@@ -68,6 +68,10 @@ class PixelMemoryBank(nn.Module):
             significant bits there, the rest of the loss stays float32.
     """
 
+    queue: Tensor
+    pointer: Tensor
+    filled: Tensor
+
     def __init__(
         self,
         num_classes: int,
@@ -246,7 +250,9 @@ class PixelMemoryBank(nn.Module):
             raise ValueError(f"embeddings must be B x {self.dim} x h x w, got shape {tuple(embeddings.shape)}")
         if labels.dim() != 3 or labels.shape[0] != embeddings.shape[0]:
             raise ValueError(f"labels must be B x H x W with B = {embeddings.shape[0]}, got {tuple(labels.shape)}")
-        pixel, valid = self.sample_pixels(downsample_labels(labels, tuple(embeddings.shape[-2:])), generator)
+        pixel, valid = self.sample_pixels(
+            downsample_labels(labels, (embeddings.shape[-2], embeddings.shape[-1])), generator
+        )
         image = torch.arange(embeddings.shape[0], device=pixel.device)[:, None, None]
         self.enqueue_samples(gather_pixels(embeddings, image, pixel), valid)
 
@@ -338,6 +344,7 @@ class _ClassMemoryContrast(torch.autograd.Function):
         positive_logits.masked_fill_(~positive, 0.0)  # unfilled rows are -inf: keep the positive terms finite
         loss, grad, pulled = contrast_terms(logits, positive_logits, positive, scale, ctx.needs_input_grad[0])
         if ctx.needs_input_grad[0]:
+            assert grad is not None and pulled is not None  # with_grad=True returns them
             own_blocks = torch.where(known[:, None], pulled.neg_(), 0.0)
             grad.view(num_anchors, num_classes, rows)[anchor, own] = own_blocks  # negatives and positives disjoint
             # the memory may change in place before backward: keep the small product

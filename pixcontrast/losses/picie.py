@@ -55,7 +55,7 @@ def warp_features(features: Tensor, geometry: ViewGeometry, output_size: tuple[i
             f"geometry must hold B x 4 boxes and B flips with B={batch}, got {tuple(geometry.boxes.shape)} and "
             f"{tuple(geometry.flips.shape)}"
         )
-    output_size = tuple(output_size or features.shape[-2:])
+    size = tuple(output_size or features.shape[-2:])
     x0, y0, x1, y1 = geometry.boxes.to(device=features.device, dtype=torch.float32).unbind(dim=1)
     sign = 1.0 - 2.0 * geometry.flips.to(device=features.device, dtype=torch.float32)
     theta = torch.zeros(batch, 2, 3, device=features.device, dtype=torch.float32)
@@ -63,7 +63,7 @@ def warp_features(features: Tensor, geometry: ViewGeometry, output_size: tuple[i
     theta[:, 0, 2] = x0 + x1 - 1.0
     theta[:, 1, 1] = y1 - y0
     theta[:, 1, 2] = y0 + y1 - 1.0
-    grid = F.affine_grid(theta, [batch, 1, *output_size], align_corners=False)
+    grid = F.affine_grid(theta, [batch, 1, *size], align_corners=False)
     return F.grid_sample(features, grid.to(features.dtype), mode="bilinear", align_corners=False)
 
 

@@ -113,16 +113,17 @@ class PixelContrastLoss(nn.Module):
             scalar float32 loss (a zero connected to the graph when no anchor has a positive).
         """
         check_maps(embeddings, labels, predictions)
-        small = downsample_labels(labels, tuple(embeddings.shape[-2:]))
+        small = downsample_labels(labels, (embeddings.shape[-2], embeddings.shape[-1]))
         image, pixel, anchor_labels = sample_anchor_pixels(
             small, predictions, self.max_samples, self.max_views, self.ignore_index, generator
         )
-        enqueue = self.memory_bank is not None and self.update_memory and self.training
-        bank_pixel, bank_valid = self.memory_bank.sample_pixels(small, generator) if enqueue else (None, None)
+        bank = self.memory_bank if self.update_memory and self.training else None  # the bank this batch writes to
+        bank_pixel, bank_valid = bank.sample_pixels(small, generator) if bank is not None else (None, None)
         anchors, samples = self._embed(embeddings, projection, image, pixel, bank_pixel, bank_valid)
         loss = self._contrast(anchors, anchor_labels, generator)
-        if enqueue:
-            self.memory_bank.enqueue_samples(samples, bank_valid)
+        if bank is not None:
+            assert samples is not None and bank_valid is not None  # embedded for the bank's pixels above
+            bank.enqueue_samples(samples, bank_valid)
         return loss
 
     def _contrast(self, anchors: Tensor, anchor_labels: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -155,12 +156,14 @@ class PixelContrastLoss(nn.Module):
         num_groups, n_view = pixel.shape
         images, pixels = image.repeat_interleave(n_view), pixel.flatten()
         if bank_pixel is not None:
+            assert bank_valid is not None  # given with bank_pixel
             where = bank_valid.nonzero(as_tuple=True)
             images, pixels = torch.cat([images, where[0]]), torch.cat([pixels, bank_pixel[where]])
         embedded = projection(gather_pixels(maps, images, pixels))
         anchors = embedded[: num_groups * n_view].view(num_groups, n_view, embedded.shape[1])
         if bank_pixel is None:
             return anchors, None
+        assert bank_valid is not None  # given with bank_pixel
         samples = embedded.new_zeros(*bank_valid.shape, embedded.shape[1])
         samples[where] = embedded[num_groups * n_view :]
         return anchors, samples

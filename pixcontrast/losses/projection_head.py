@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from pixcontrast.distributed import is_synchronised
 
@@ -38,7 +39,10 @@ class ProjectionHead(nn.Module):
         single row on one process, which BatchNorm cannot normalise by itself, uses the running statistics.
         ``N = 0`` gives ``0 x proj_dim``.
         """
-        (first, norm, activation), last = self.layers
+        block, last = self.layers
+        assert isinstance(block, nn.Sequential) and isinstance(last, nn.Conv2d)  # the layers built in __init__
+        first, norm, activation = block
+        assert isinstance(first, nn.Conv2d) and isinstance(norm, _BatchNorm)  # BatchNorm2d or its SyncBatchNorm
         hidden = F.linear(pixels, first.weight.flatten(1), first.bias)[:, :, None, None]  # N x C x 1 x 1
         if norm.training and pixels.shape[0] == 1 and not is_synchronised(norm):
             hidden = F.batch_norm(hidden, norm.running_mean, norm.running_var, norm.weight, norm.bias, eps=norm.eps)

@@ -128,7 +128,7 @@ def sample_anchor_pixels(
     if batch == 0 or num_pixels == 0:
         return empty, empty.view(0, 0), empty
 
-    lab = downsample_labels(labels, tuple(predictions.shape[-2:])).reshape(batch, num_pixels)
+    lab = downsample_labels(labels, (predictions.shape[-2], predictions.shape[-1])).reshape(batch, num_pixels)
     pred = predictions.reshape(batch, num_pixels).long()
     valid = lab != ignore_index
     codes = torch.where(valid, 2 * lab + (pred == lab).long(), 2 * LABEL_LIMIT)  # hard (0) before easy (1)
