@@ -75,9 +75,9 @@ class KMeans:
         for name, value in (("n_clusters", n_clusters), ("max_iter", max_iter)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name, value in (("chunk_size", chunk_size), ("init_size", init_size)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        for name, size in (("chunk_size", chunk_size), ("init_size", init_size)):
+            if size is not None and (not isinstance(size, int) or size < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {size!r}")
         if tol < 0:
             raise ValueError(f"tol must be >= 0, got {tol}")
         if backend == "faiss" and tol > 0:
@@ -219,6 +219,7 @@ class KMeans:
             n_points, dim, device = n_points + xb.shape[0], xb.shape[1], xb.device
         if device is None:
             raise ValueError("KMeans got no data (empty input); pass at least n_clusters points")
+        assert non_finite is not None  # counted with every chunk
         summary = all_gather_cat(
             torch.stack(
                 [torch.tensor(n_points, device=device), torch.tensor(dim, device=device), non_finite.to(torch.long)]
@@ -230,6 +231,7 @@ class KMeans:
             if not centroids.isfinite().all():
                 raise ValueError("init_centroids contains NaN or inf values")
         else:
+            assert sampler is not None  # made when there are no init_centroids
             sample = sampler.result(across_processes=True)  # collective: every rank takes part
             centroids = self._seed_centroids(sample) if rank == 0 else sample.new_empty(self.n_clusters, dim)
         if self.metric == "cosine":
@@ -314,6 +316,7 @@ class KMeans:
             verbose=False,
         )
         model.train(xs, init_centroids=centroids.cpu().numpy())
+        assert model.obj is not None and model.centroids is not None  # set by train
         objective = float(model.obj[-1])
         # with spherical=True faiss searches by inner product and reports the sum of similarities
         self.inertia_ = objective if self.metric == "euclidean" else 2.0 * n - 2.0 * objective

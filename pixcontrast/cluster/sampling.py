@@ -41,6 +41,7 @@ class UniformSubsample:
         self.seen += rows.shape[0]
         rows = rows.detach()
         if self._rows is not None:
+            assert self._keys is not None  # kept with the rows
             rows = torch.cat([self._rows, rows.to(self._rows.dtype)])
             keys = torch.cat([self._keys, keys])
         if rows.shape[0] > self.capacity:
@@ -58,6 +59,7 @@ class UniformSubsample:
         if self._rows is None:
             raise RuntimeError("UniformSubsample.result() called before any rows were added")
         rows, keys = self._rows, self._keys
+        assert keys is not None  # kept with the rows
         if across_processes and world_info()[1] > 1:
             pad = self.capacity - rows.shape[0]
             rows = all_gather_cat(torch.cat([rows, rows.new_zeros(pad, rows.shape[1])]))
