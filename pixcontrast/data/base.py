@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -226,7 +226,7 @@ class SegmentationDataModule(L.LightningDataModule):
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             collate_fn=None if train else partial(pad_collate, ignore_index=self.ignore_index),
-            drop_last=train and self.drop_last and len(dataset) >= self.batch_size,
+            drop_last=train and self.drop_last and len(cast(Sized, dataset)) >= self.batch_size,  # map-style: sized
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,

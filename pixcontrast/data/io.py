@@ -85,7 +85,8 @@ def missing_files(paths: Sequence[str | Path]) -> list[str]:
     """The entries of ``paths`` that are not existing files, listing each folder only once."""
     listings: dict[str, set[str]] = {}
     missing = []
-    for path in map(os.fspath, paths):
+    for entry in paths:
+        path = os.fspath(entry)
         folder, name = os.path.split(path)
         if folder not in listings:
             listings[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()

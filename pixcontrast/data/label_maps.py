@@ -9,7 +9,7 @@ the file, the values and the fix, so a wrong label format never trains silently 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,7 +83,7 @@ def build_lut(mapping: dict[int, int], ignored: Iterable[int] = (), size: int = 
     return table
 
 
-def check_label_set(dataset: str, label_set: str, known: dict[str, object]) -> str:
+def check_label_set(dataset: str, label_set: str, known: Mapping[str, object]) -> str:
     """Return ``label_set`` as a string, or raise a ValueError naming the valid choices."""
     label_set = str(label_set)
     if label_set not in known:
