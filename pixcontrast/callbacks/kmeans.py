@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -141,39 +141,62 @@ class KMeansRefresh(pl.Callback):
 
     def _collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule, counts: dict[str, int]) -> dict[str, Tensor]:
         """Run the module over the clustering batches and subsample the features: key -> N_key x D."""
-        loader = _cluster_batches(trainer, pl_module)
-        capacity = math.ceil(self.max_points / trainer.world_size)
-        seed = self.seed + 7919 * trainer.current_epoch + trainer.global_rank
-        samplers = {key: UniformSubsample(capacity, seed=seed + i) for i, key in enumerate(counts)}
-        total = _length(loader)
-        if self.max_batches is not None:
-            total = self.max_batches if total is None else min(total, self.max_batches)
-        bar = tqdm(
-            total=total,
-            desc="k-means features",
-            leave=False,
-            disable=not (self.progress_bar and trainer.is_global_zero),
+        return collect_features(
+            trainer,
+            pl_module,
+            _cluster_batches(trainer, pl_module),
+            pl_module.cluster_features,
+            list(counts),
+            max_points=self.max_points,
+            max_batches=self.max_batches,
+            seed=self.seed + 7919 * trainer.current_epoch,
+            progress_bar=self.progress_bar,
         )
-        try:
-            with _clustering_mode(pl_module), torch.no_grad():
-                for index, batch in enumerate(loader):
-                    if self.max_batches is not None and index >= self.max_batches:
-                        break
-                    batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-                    features = pl_module.cluster_features(batch)
-                    features = {_SINGLE: features} if isinstance(features, Tensor) else features
-                    for key, sampler in samplers.items():
-                        if key not in features:
-                            raise ValueError(
-                                f"cluster_features returned keys {sorted(features)} but cluster_counts has {key!r}"
-                            )
-                        sampler.add(features[key])
-                    bar.update()
-        finally:
-            bar.close()
-        if any(sampler.seen == 0 for sampler in samplers.values()):
-            raise RuntimeError("KMeansRefresh collected no features: the clustering dataloader yielded no batches")
-        return {key: sampler.result() for key, sampler in samplers.items()}
+
+
+def collect_features(
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    loader: Iterable,
+    features_of: Callable[[Any], Tensor | Mapping[str, Tensor]],
+    keys: list[str],
+    max_points: int,
+    max_batches: int | None = None,
+    seed: int = 0,
+    progress_bar: bool = True,
+) -> dict[str, Tensor]:
+    """Run ``features_of`` (``N x D``, or a dict of them with ``keys``) over up to ``max_batches`` batches of
+    ``loader`` in the module's clustering mode without gradients and keep a uniform subsample of at most
+    ``max_points`` rows per key over all ranks (``ceil(max_points / W)`` per rank): key -> ``N_key x D``.
+
+    Batches are moved with the module's ``transfer_batch_to_device``; a plain tensor is stored under
+    ``"features"``. The mode is set by the module's ``on_cluster_start`` / ``on_cluster_end`` (else eval mode).
+    """
+    capacity = math.ceil(max_points / trainer.world_size)
+    seed = seed + trainer.global_rank
+    samplers = {key: UniformSubsample(capacity, seed=seed + i) for i, key in enumerate(keys)}
+    total = _length(loader)
+    if max_batches is not None:
+        total = max_batches if total is None else min(total, max_batches)
+    bar = tqdm(total=total, desc="k-means features", leave=False, disable=not (progress_bar and trainer.is_global_zero))
+    try:
+        with _clustering_mode(pl_module), torch.no_grad():
+            for index, batch in enumerate(loader):
+                if max_batches is not None and index >= max_batches:
+                    break
+                batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+                features = features_of(batch)
+                features = {_SINGLE: features} if isinstance(features, Tensor) else features
+                for key, sampler in samplers.items():
+                    if key not in features:
+                        raise ValueError(f"the features have keys {sorted(features)} but the clustering needs {key!r}")
+                    sampler.add(features[key])
+                bar.update()
+    finally:
+        bar.close()
+    if any(sampler.seen == 0 for sampler in samplers.values()):
+        raise RuntimeError("no features collected: the clustering dataloader yielded no batches")
+    return {key: sampler.result() for key, sampler in samplers.items()}
 
 
 def _cluster_batches(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterable:

@@ -312,6 +312,12 @@ class PiCIEDataModule(SegmentationDataModule):
         """The usual training loader as an :class:`EpochViewsLoader` that follows the trainer's current epoch."""
         return EpochViewsLoader.like(super().train_dataloader(), epoch=self._trainer_epoch)
 
+    def train_eval_dataloader(self) -> DataLoader:
+        """The training images with their masks through the evaluation transform (short side to ``eval_size``,
+        center crop), in order: what ``FreshClusterEvaluation`` clusters and ``LinearProbe`` trains on."""
+        dataset = CenterCropDataset(self.datamodule.build_dataset("train"), self.eval_size)
+        return self._loader(dataset, "train", train=False)
+
     def _trainer_epoch(self) -> int | None:
         return None if self.trainer is None else self.trainer.current_epoch
 

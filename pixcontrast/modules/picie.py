@@ -133,6 +133,11 @@ class PiCIE(StageEvaluation, L.LightningModule):
         """Unit-norm pixel features: ``B x 3 x H x W -> B x feature_dim x H / r x W / r``."""
         return self.network(images)
 
+    def evaluation_features(self, images: Tensor) -> Tensor:
+        """Hook of the frozen-feature evaluations (``FreshClusterEvaluation``, ``LinearProbe``): the pixel features
+        ``B x feature_dim x H / r x W / r`` of evaluation-format images ``B x 3 x H x W``."""
+        return self(images)
+
     def view_features(self, batch: Mapping[str, Any], network: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         """Features of both views, aligned pixel to pixel: ``z1 = f(G(P1 x))`` and ``z2 = G(f(P2 x))``.
 
