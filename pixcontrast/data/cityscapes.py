@@ -8,7 +8,12 @@ from typing import Any
 
 from pixcontrast.data.files import BenchmarkDataModule, FileSegmentationDataset
 from pixcontrast.data.io import missing_files
-from pixcontrast.data.label_maps import CITYSCAPES_LABEL_SETS, CITYSCAPES_LOOKUPS, CITYSCAPES_TRAIN_ID_LOOKUP
+from pixcontrast.data.label_maps import (
+    CITYSCAPES_LABEL_SETS,
+    CITYSCAPES_LOOKUPS,
+    CITYSCAPES_TRAIN_ID_LOOKUP,
+    LabelLookup,
+)
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_ID_SUFFIX = "_gtFine_labelIds.png"
@@ -46,14 +51,19 @@ class CityscapesDataModule(BenchmarkDataModule):
         brightness_shift: add one integer uniform in ``[-n, n]`` to every channel of each training crop, clipped
             to 0..255 (``0``: off). Official: ``10`` with probability 1 (``random_brightness``: ``shift_value`` 10,
             ``ratio`` 1.0, ``RandomBrightness`` in ``cv2_aug_transforms.py``), every ContrastiveSeg config.
-        extra_train_splits: further ``leftImg8bit`` splits added to training as unlabelled images (all pixels
-            ignored), e.g. ``["train_extra"]`` (``leftImg8bit_trainextra.zip``) or ``["test"]`` for
-            unsupervised training.
+        train_splits: the ``leftImg8bit`` splits training reads (default ``["train"]``), e.g. ``["train",
+            "train_extra"]`` (``leftImg8bit_trainextra.zip``) or PiCIE's official ``["test", "train_extra"]``.
+        train_labels: read the ``gtFine`` labels of the training splits; ``False`` trains on the images alone (every
+            pixel ignored, no label file opened), as unsupervised methods do.
+        val_splits / test_splits: the splits validation (and predict) / test read and score, with their ``gtFine``
+            labels (default ``["val"]`` / ``["test"]``); PiCIE's official evaluation scores ``["val", "train"]``
+            (janghyuncho/PiCIE ``data/cityscapes_eval_dataset.py``).
         train_transform / eval_transform: a callable ``f(image=..., mask=...) -> {"image", "mask"}`` (e.g. an
             ``albumentations.Compose``) replacing the built-in pipeline.
 
-    The loader options are those of :class:`~pixcontrast.data.base.SegmentationDataModule`. The test split
-    uses ``gtFine/test`` when present (the official test labels are placeholders) and is unlabelled otherwise.
+    The loader options are those of :class:`~pixcontrast.data.base.SegmentationDataModule`. An evaluated ``test``
+    split uses ``gtFine/test`` when present (the official test labels are placeholders) and is unlabelled otherwise.
+    Several splits are read in the order given, each sorted by file name.
     """
 
     dataset_name = "Cityscapes"
@@ -74,11 +84,21 @@ class CityscapesDataModule(BenchmarkDataModule):
         label_set: str = "19",
         *,
         crop_size: tuple[int, int] = (512, 1024),
-        extra_train_splits: Sequence[str] = (),
+        train_splits: Sequence[str] = ("train",),
+        train_labels: bool = True,
+        val_splits: Sequence[str] = ("val",),
+        test_splits: Sequence[str] = ("test",),
         **kwargs: Any,
     ) -> None:
         super().__init__(root, label_set, crop_size=crop_size, **kwargs)
-        self.extra_train_splits = list(extra_train_splits)
+        self.splits = {"train": list(train_splits), "val": list(val_splits), "test": list(test_splits)}
+        for stage, folders in self.splits.items():
+            if not folders or any(not isinstance(folder, str) or not folder for folder in folders):
+                raise ValueError(
+                    f"Cityscapes: {stage}_splits must be a non-empty list of leftImg8bit folder names, e.g. "
+                    f"['{stage}'], got {folders!r}"
+                )
+        self.train_labels = train_labels
 
     def _images(self, split: str) -> list[Path]:
         folder = self.root / "leftImg8bit" / split
@@ -87,31 +107,36 @@ class CityscapesDataModule(BenchmarkDataModule):
             raise self.layout_error(problem)
         return sorted(folder.glob(f"*/*{IMAGE_SUFFIX}"))
 
-    def _labels(self, split: str, images: list[Path]) -> tuple[list[Path] | None, bool]:
-        """Label paths of ``images`` and whether they hold train ids; ``None`` for an unlabelled test split."""
+    def _label_ids(self, split: str, images: list[Path]) -> list[Path | None]:
+        """The ``*_gtFine_labelIds.png`` path of each image; ``None`` entries for a test split without ``gtFine``."""
         folder = self.root / "gtFine" / split
         if split == "test" and not folder.is_dir():
-            return None, False
-        frames = [(image.parent.name, image.name[: -len(IMAGE_SUFFIX)]) for image in images]
-        if self.label_set == "19":
-            train_ids = [folder / city / f"{frame}{TRAIN_ID_SUFFIX}" for city, frame in frames]
-            if images and not missing_files(train_ids):
-                return train_ids, True
-        label_ids = [folder / city / f"{frame}{LABEL_ID_SUFFIX}" for city, frame in frames]
-        self.check_files(label_ids, f"{split} label maps (*{LABEL_ID_SUFFIX})")
-        return label_ids, False
+            return [None] * len(images)
+        return [folder / image.parent.name / f"{image.name[: -len(IMAGE_SUFFIX)]}{LABEL_ID_SUFFIX}" for image in images]
+
+    def _label_files(self, split: str, label_ids: list[Path | None]) -> tuple[list[Path | None], LabelLookup]:
+        """The label files to read and their lookup: ``*_gtFine_labelTrainIds.png`` when label set "19" has them
+        for every labelled image, else the label ids (checked to exist)."""
+        labelled = [path for path in label_ids if path is not None]
+        if self.label_set == "19" and labelled:
+            train_ids = [
+                None if p is None else p.with_name(p.name[: -len(LABEL_ID_SUFFIX)] + TRAIN_ID_SUFFIX) for p in label_ids
+            ]
+            if not missing_files([path for path in train_ids if path is not None]):
+                return train_ids, CITYSCAPES_TRAIN_ID_LOOKUP
+        self.check_files(labelled, f"{split} label maps (*{LABEL_ID_SUFFIX})")
+        return label_ids, CITYSCAPES_LOOKUPS[self.label_set]
 
     def build_dataset(self, split: str) -> FileSegmentationDataset:
-        images = self._images(split)
-        labels, train_ids = self._labels(split, images)
-        mapping = CITYSCAPES_TRAIN_ID_LOOKUP if train_ids else CITYSCAPES_LOOKUPS[self.label_set]
-        all_labels: list[Path | None] = list(labels) if labels is not None else [None] * len(images)
-        if split == "train":
-            for extra in self.extra_train_splits:
-                extra_images = self._images(extra)
-                images += extra_images
-                all_labels += [None] * len(extra_images)
+        read_labels = split != "train" or self.train_labels
+        images: list[Path] = []
+        label_ids: list[Path | None] = []
+        for folder in self.splits[split]:
+            folder_images = self._images(folder)
+            images += folder_images
+            label_ids += self._label_ids(folder, folder_images) if read_labels else [None] * len(folder_images)
+        labels, mapping = self._label_files(split, label_ids)
         names = [image.name[: -len(IMAGE_SUFFIX)] for image in images]
         return FileSegmentationDataset(
-            images, all_labels, names, label_mapping=mapping, transform=self.transform_for(split)
+            images, labels, names, label_mapping=mapping, transform=self.transform_for(split)
         )

@@ -4,7 +4,7 @@
 - ``pascal-context --root R --annotations F``: convert the PASCAL-Context release (``trainval.tar.gz``, or the
   folder it unpacks to) into ``VOC2010/SegmentationClassContext/<id>.png`` (0 = background, 1..59 = the 59
   standard classes), reading the ``.mat`` files with scipy (no Detail API needed).
-- ``coco-stuff --root R --curate``: write the ids of the images whose labelled pixels are mostly stuff.
+- ``coco-stuff --root R --curate``: write IIC's curated image list (>= 360 px sides, >= 75 % stuff pixels).
 
 Existing outputs are kept unless ``--overwrite`` is given; outputs are written atomically.
 """
@@ -32,7 +32,7 @@ from pixcontrast.data.coco_stuff import COCOStuffDataModule
 from pixcontrast.data.io import apply_lut, missing_files, read_label, write_label
 from pixcontrast.data.label_maps import (
     CITYSCAPES_LOOKUPS,
-    COCO_STUFF_FIRST_STUFF,
+    COCO_STUFF_FINE_TO_COARSE,
     PASCAL_CONTEXT_59_NAMES,
     PASCAL_CONTEXT_59_RAW_IDS,
 )
@@ -41,7 +41,6 @@ from pixcontrast.data.pascal_context import PascalContextDataModule, find_voc_ro
 
 T = TypeVar("T")
 R = TypeVar("R")
-NUM_COCO_CLASSES = 182
 
 
 def _log(message: str) -> None:
@@ -222,29 +221,41 @@ def prepare_pascal_context(
 
 
 # ---------------------------------------------------------------------------------------------------- COCO-Stuff
-def stuff_fraction(path: str) -> float:
-    """Fraction of stuff pixels (values 91..181) among the labelled pixels (0..181) of a stuffthingmap."""
-    counts = np.bincount(read_label(path).ravel(), minlength=256)
-    labelled = counts[:NUM_COCO_CLASSES].sum()
-    return float(counts[COCO_STUFF_FIRST_STUFF:NUM_COCO_CLASSES].sum() / labelled) if labelled else 0.0
+#: The fine classes (stuffthingmaps values) of the 15 stuff supercategories (coarse ids 12..26 of COCO-Stuff-27).
+STUFF_FINE_VALUES = np.array([fine for fine, coarse in enumerate(COCO_STUFF_FINE_TO_COARSE) if coarse >= 12])
+#: The file name of the curated lists of IIC (xu-ji/IIC), which PiCIE ships under ``curated/<split>2017/``.
+CURATED_LIST_NAME = "Coco164kFull_Stuff_Coarse_7.txt"
+
+
+def stuff_fraction(path: str) -> tuple[float, int, int]:
+    """Fraction of ALL ``h x w`` pixels of a stuffthingmap (unlabelled ones included) whose value is a fine class
+    of a stuff supercategory, with the map's height and width."""
+    label = read_label(path)
+    stuff = np.isin(label, STUFF_FINE_VALUES).sum()
+    return float(stuff / label.size), label.shape[0], label.shape[1]
 
 
 def curate_coco_stuff(
     root: str | Path,
     split: str = "train",
     min_stuff: float = 0.75,
+    min_size: int = 360,
     output: str | Path | None = None,
     workers: int | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the ids of the ``split`` images whose labelled pixels are at least ``min_stuff`` stuff, one per
-    line, to ``output`` (default ``<root>/curated/<split>2017.txt``); returns the list's path."""
+    """Write IIC's curated list of the ``split`` images, one id per line, to ``output`` (default
+    ``<root>/curated/<split>2017/Coco164kFull_Stuff_Coarse_7.txt``, where PiCIE reads the official list); returns
+    its path. An image is kept when both sides are at least ``min_size`` pixels and at least ``min_stuff`` of all
+    its pixels belong to the stuff supercategories (xu-ji/IIC ``cocostuff_curate.py``: 0.75 and 360)."""
     root = Path(root).expanduser()
     if split not in ("train", "val"):
         raise ValueError(f"--split must be 'train' or 'val', got {split!r}")
     if not 0.0 <= min_stuff <= 1.0:
         raise ValueError(f"--min-stuff must be in [0, 1], got {min_stuff}")
-    output = Path(output).expanduser() if output else root / "curated" / f"{split}2017.txt"
+    if min_size < 0:
+        raise ValueError(f"--min-size must be >= 0 pixels, got {min_size}")
+    output = Path(output).expanduser() if output else root / "curated" / f"{split}2017" / CURATED_LIST_NAME
     if output.exists() and not overwrite:
         _log(f"COCO-Stuff: {output} exists; keeping it (pass --overwrite to rebuild)")
         return output
@@ -252,13 +263,20 @@ def curate_coco_stuff(
     paths = sorted(str(p) for p in folder.glob("*.png"))
     if not paths:
         raise _layout_error(COCOStuffDataModule, root, f"no label maps in {str(folder)!r}")
-    fractions = run_parallel(stuff_fraction, paths, workers, f"stuff fraction {split}2017")
-    ids = [Path(p).stem for p, fraction in zip(paths, fractions, strict=True) if fraction >= min_stuff]
+    measured = run_parallel(stuff_fraction, paths, workers, f"stuff fraction {split}2017")
+    ids = [
+        Path(path).stem
+        for path, (fraction, height, width) in zip(paths, measured, strict=True)
+        if fraction >= min_stuff and min(height, width) >= min_size
+    ]
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp")
     temporary.write_text("".join(f"{image_id}\n" for image_id in ids), encoding="utf-8")
     os.replace(temporary, output)
-    _log(f"COCO-Stuff: {len(ids)} of {len(paths)} {split} images have >= {min_stuff:.0%} stuff -> {output}")
+    _log(
+        f"COCO-Stuff: {len(ids)} of {len(paths)} {split} images are >= {min_size} px and >= {min_stuff:.0%} stuff "
+        f"-> {output}"
+    )
     return output
 
 
@@ -293,10 +311,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     _add_common(coco)
     coco.add_argument("--curate", action="store_true", required=True, help="write the curated image list")
     coco.add_argument("--split", choices=("train", "val"), default="train")
-    coco.add_argument("--min-stuff", type=float, default=0.75, help="minimum stuff fraction of labelled pixels")
-    coco.add_argument("--output", default=None, help="list path (default: <root>/curated/<split>2017.txt)")
+    coco.add_argument("--min-stuff", type=float, default=0.75, help="minimum stuff fraction of all pixels")
+    coco.add_argument("--min-size", type=int, default=360, help="minimum height and width in pixels")
+    coco.add_argument(
+        "--output", default=None, help=f"list path (default: <root>/curated/<split>2017/{CURATED_LIST_NAME})"
+    )
     coco.set_defaults(
-        handler=lambda a: curate_coco_stuff(a.root, a.split, a.min_stuff, a.output, a.workers, a.overwrite)
+        handler=lambda a: curate_coco_stuff(a.root, a.split, a.min_stuff, a.min_size, a.output, a.workers, a.overwrite)
     )
     return parser
 

@@ -25,7 +25,7 @@ def first_comment(name: str) -> str:
 def test_configs_lists_every_config_with_its_description_aligned(argv, capsys):
     main(argv)
     lines = capsys.readouterr().out.splitlines()
-    assert len(NAMES) == 19 and len(lines) == len(NAMES)
+    assert len(NAMES) == 21 and len(lines) == len(NAMES)
     column = max(map(len, NAMES)) + 2
     for name, line in zip(NAMES, lines, strict=True):
         assert line[:column].rstrip() == name

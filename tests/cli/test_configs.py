@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from dataset_layouts import make_cityscapes, make_coco_stuff, make_folder, make_pascal_context
+from dataset_layouts import make_cityscapes, make_coco_stuff, make_coco_stuff_10k, make_folder, make_pascal_context
 
 from pixcontrast.bundled_configs import CONFIG_DIR
 from pixcontrast.cli import run_lightning
 from pixcontrast.data.prepare import prepare_pascal_context
 
-CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+#: The configs that define a whole run; overlays (official_test_protocol) only add settings to one of them.
+CONFIGS = sorted(path for path in CONFIG_DIR.glob("*.yaml") if "data" in yaml.safe_load(path.read_text()))
 CPU = [
     "--trainer.fast_dev_run=true",
     "--trainer.accelerator=cpu",
@@ -31,21 +32,34 @@ REAL_DATA_CPU = ["--trainer.strategy=auto", "--trainer.sync_batchnorm=false", "-
 FOLDER_CLASS_NAMES = "[grass,road,sky]"  # the three classes of make_folder's masks
 
 
-def dataset_root(data_class: str, tmp_path: Path, labelled: bool = True) -> Path | None:
-    """Write a tiny copy of the dataset that ``data_class`` reads; None for generated data. A folder of your own
-    data is written with masks for the supervised configs and without (``labelled=False``) for PiCIE's."""
-    name = data_class.rsplit(".", 1)[-1]
+def dataset_root(data: dict, tmp_path: Path, labelled: bool = True) -> tuple[Path | None, list[str]]:
+    """Write a tiny copy of the dataset that the datamodule ``data`` (class_path, init_args) reads and return its
+    root (None for generated data) with the options pointing at the copy's files (image lists). A folder of your
+    own data is written with masks for the supervised configs and without (``labelled=False``) for PiCIE's."""
+    name = data["class_path"].rsplit(".", 1)[-1]
+    options = data.get("init_args", {})
     if name == "FolderSegmentationDataModule":
-        return make_folder(tmp_path / "my_data", count=4, masks=labelled)
-    if name == "CityscapesDataModule":
-        return make_cityscapes(tmp_path / "cityscapes", counts={"train": 2, "val": 1})
+        return make_folder(tmp_path / "my_data", count=4, masks=labelled), []
+    if name == "CityscapesDataModule":  # test and train_extra: PiCIE's official training images
+        counts = {"train": 2, "val": 1, "test": 2, "train_extra": 2}
+        return make_cityscapes(tmp_path / "cityscapes", counts=counts), []
+    if name == "COCOStuffDataModule" and options.get("variant") == "10k":
+        return make_coco_stuff_10k(tmp_path / "cocostuff-10k"), []
     if name == "COCOStuffDataModule":
-        return make_coco_stuff(tmp_path / "cocostuff", counts={"train": 2, "val": 1})
+        root = make_coco_stuff(tmp_path / "cocostuff", counts={"train": 2, "val": 1})
+        lists = []
+        for split in ("train", "val"):
+            if options.get(f"{split}_image_list"):  # the curated lists, here every image
+                path = root / "curated" / f"{split}2017" / "list.txt"
+                path.parent.mkdir(parents=True)
+                path.write_text("".join(f"{image.stem}\n" for image in sorted((root / f"{split}2017").glob("*.jpg"))))
+                lists.append(f"{split}_image_list={path}")
+        return root, lists
     if name == "PascalContextDataModule":
         voc, _ = make_pascal_context(tmp_path / "voc", tmp_path / "release")
         prepare_pascal_context(voc, tmp_path / "release", workers=1)
-        return voc
-    return None
+        return voc, []
+    return None, []
 
 
 def encoder_checkpoint(config: dict, tmp_path: Path) -> Path:
@@ -68,7 +82,7 @@ def overrides(config: dict, tmp_path: Path) -> list[str]:
         args.append(f"--model.init_args.weights_path={encoder_checkpoint(config, tmp_path)}")
     if inner is not None:  # PiCIE wraps the datamodule of the images
         prefix = "--data.init_args.datamodule.init_args"
-        root = dataset_root(inner["class_path"], tmp_path, labelled=False)
+        root, files = dataset_root(inner, tmp_path, labelled=False)
         args += [
             f"{prefix}.batch_size=2",
             f"{prefix}.num_workers=0",
@@ -78,7 +92,7 @@ def overrides(config: dict, tmp_path: Path) -> list[str]:
         ]
     else:
         prefix = "--data.init_args"
-        root = dataset_root(data["class_path"], tmp_path)
+        root, files = dataset_root(data, tmp_path)
         args += [f"{prefix}.batch_size=2", f"{prefix}.num_workers=0"]
         if root is not None:
             args += [f"{prefix}.crop_size=[36, 68]"]  # not a multiple of 32, as 520 x 520
@@ -87,7 +101,7 @@ def overrides(config: dict, tmp_path: Path) -> list[str]:
         if data["class_path"].endswith("FolderSegmentationDataModule"):
             args += [f"{prefix}.class_names={FOLDER_CLASS_NAMES}"]
     if root is not None:
-        args += [f"{prefix}.root={root}", *REAL_DATA_CPU]
+        args += [f"{prefix}.root={root}", *[f"{prefix}.{option}" for option in files], *REAL_DATA_CPU]
     return args
 
 

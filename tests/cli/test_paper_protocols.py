@@ -17,7 +17,11 @@ CITYSCAPES_CE_WEIGHTS = [
     0.9539, 0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507,
 ]  # fmt: skip
 CITYSCAPES = sorted(CONFIG_DIR.glob("cityscapes_*_contrast*.yaml"))
-SHORT_SIDE = ["pascal_context_ocr_hrnet_w48_contrast.yaml", "coco_stuff_ocr_hrnet_w48_contrast.yaml"]
+SHORT_SIDE = [
+    "pascal_context_ocr_hrnet_w48_contrast.yaml",
+    "coco_stuff_ocr_hrnet_w48_contrast.yaml",
+    "coco_stuff164k_ocr_hrnet_w48_contrast.yaml",
+]
 
 
 def _load(name: str) -> dict:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -78,14 +79,53 @@ def test_workers_loader(cityscapes_root: Path) -> None:
     assert len(batches) == 3 and all(b["image"].shape == (1, 3, 8, 8) for b in batches)
 
 
-def test_extra_unlabelled_train_splits(cityscapes_root: Path) -> None:
+def test_train_splits_add_unlabelled_images(cityscapes_root: Path) -> None:
     make_cityscapes(cityscapes_root, {"train_extra": 2}, seed=1)
-    datamodule = CityscapesDataModule(str(cityscapes_root), label_set="27", extra_train_splits=["train_extra"])
+    shutil.rmtree(cityscapes_root / "gtFine" / "train_extra")  # the official gtFine has no train_extra
+    datamodule = CityscapesDataModule(
+        str(cityscapes_root), label_set="27", train_splits=["train", "train_extra"], train_labels=False
+    )
     dataset = datamodule.build_dataset("train")
-    assert len(dataset) == 5
+    assert len(dataset) == 5 and dataset.labels == [None] * 5
     assert (dataset.load_sample(4).mask == 255).all()
     with pytest.raises(FileNotFoundError, match="leftImg8bit/coarse"):
-        CityscapesDataModule(str(cityscapes_root), extra_train_splits=["coarse"]).build_dataset("train")
+        CityscapesDataModule(str(cityscapes_root), train_splits=["coarse"]).build_dataset("train")
+    with pytest.raises(FileNotFoundError, match="2 of 2 train label maps"):  # labels asked for, none there
+        CityscapesDataModule(str(cityscapes_root), train_splits=["train_extra"]).build_dataset("train")
+    with pytest.raises(ValueError, match=r"val_splits must be a non-empty list.*got \[\]"):
+        CityscapesDataModule(str(cityscapes_root), val_splits=[])
+
+
+def test_picie_official_protocol_trains_on_test_and_extra_and_scores_val_and_train(tmp_path: Path) -> None:
+    """janghyuncho/PiCIE: training reads leftImg8bit/{test,train_extra} without labels
+    (data/cityscapes_train_dataset.py), evaluation leftImg8bit/{val,train} with gtFine
+    (data/cityscapes_eval_dataset.py)."""
+    root = make_cityscapes(tmp_path / "cityscapes", {"train": 2, "val": 1, "test": 2, "train_extra": 3})
+    shutil.rmtree(root / "gtFine" / "train_extra")
+    datamodule = CityscapesDataModule(
+        str(root),
+        label_set="27",
+        train_splits=["test", "train_extra"],
+        train_labels=False,
+        val_splits=["val", "train"],
+        test_splits=["val", "train"],
+    )
+    train = datamodule.build_dataset("train")
+    folders = [Path(path).parts[-3] for path in train.images]
+    assert folders == ["test", "test", "train_extra", "train_extra", "train_extra"]
+    assert train.labels == [None] * 5  # gtFine/test exists (placeholders) and is not read
+    assert all((train.load_sample(i).mask == 255).all() for i in range(len(train)))
+    for stage in ("val", "test"):
+        scored = datamodule.build_dataset(stage)
+        assert [Path(path).parts[-3] for path in scored.images] == ["val", "train", "train"]
+        assert [Path(path).parts[-4:-2] for path in scored.labels] == [
+            ("gtFine", "val"),
+            ("gtFine", "train"),
+            ("gtFine", "train"),
+        ]
+        sample = scored.load_sample(1)
+        ids = _label_ids(root, "train", sample.name)
+        np.testing.assert_array_equal(sample.mask, np.where(ids >= 7, ids.astype(np.int64) - 7, 255))
 
 
 def test_test_split_without_labels_is_unlabelled(cityscapes_root: Path) -> None:
@@ -208,7 +248,7 @@ def test_datamodule_options_parse_from_yaml(cityscapes_root: Path) -> None:
     parser.add_class_arguments(CityscapesDataModule, "data")
     config = parser.parse_string(
         f"data:\n  root: {cityscapes_root}\n  label_set: '27'\n  crop_size: [16, 24]\n  scale_range: [0.5, 1.5]\n"
-        "  eval_resize: 16\n  eval_crop: [16, 16]\n  extra_train_splits: []\n"
+        "  eval_resize: 16\n  eval_crop: [16, 16]\n  train_splits: [train]\n  val_splits: [val]\n"
     )
     datamodule = CityscapesDataModule(**config.data.as_dict())
     assert datamodule.label_set == "27"

@@ -82,28 +82,54 @@ def test_pascal_context_bad_inputs(tmp_path: Path, capsys) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- COCO-Stuff
-def test_stuff_fraction_and_curation(coco_root: Path, tmp_path: Path) -> None:
+STUFF, THING = 100, 0  # fine classes of a stuff (coarse 12..26) and a thing supercategory
+
+
+def _curation_maps(folder: Path) -> None:
+    """Maps that separate IIC's rule (>= 360 px sides, >= 75 % of ALL pixels stuff) from look-alikes."""
+    kept = np.full((360, 480), THING, dtype=np.uint8)
+    kept[:, :384] = STUFF  # 80 % stuff, 360 px high: kept
+    write_png_label(folder / "000000000001.png", kept)
+    unlabelled = np.full((360, 480), 255, dtype=np.uint8)
+    unlabelled[:, :240] = STUFF  # all labelled pixels stuff, but only 50 % of the image: rejected
+    write_png_label(folder / "000000000002.png", unlabelled)
+    write_png_label(folder / "000000000003.png", np.full((359, 600), STUFF, dtype=np.uint8))  # under 360 px
+    at_threshold = np.full((400, 400), THING, dtype=np.uint8)
+    at_threshold[:300] = STUFF  # exactly 75 %: kept
+    write_png_label(folder / "000000000004.png", at_threshold)
+    at_threshold[299, 399] = 255  # one pixel under 75 %: rejected
+    write_png_label(folder / "000000000005.png", at_threshold)
+
+
+def test_curation_follows_iic_rule(coco_root: Path, tmp_path: Path) -> None:
     folder = coco_root / "stuffthingmaps_trainval2017" / "train2017"
-    label = np.full((4, 10), 255, dtype=np.uint8)
-    label[:, :8] = 100  # stuff
-    label[:, 8] = 0  # thing -> 8 stuff of 9 labelled = 0.89
-    write_png_label(folder / "000000000001.png", label)
-    label[:, :3] = 5  # 5 stuff of 9 = 0.56
-    write_png_label(folder / "000000000002.png", label)
-    write_png_label(folder / "000000000003.png", np.full((4, 10), 255, dtype=np.uint8))  # nothing labelled
-    assert stuff_fraction(str(folder / "000000000001.png")) == pytest.approx(8 / 9)
-    assert stuff_fraction(str(folder / "000000000003.png")) == 0.0
+    _curation_maps(folder)
+    assert stuff_fraction(str(folder / "000000000002.png")) == (0.5, 360, 480)
+    assert stuff_fraction(str(folder / "000000000004.png")) == (0.75, 400, 400)
 
     output = curate_coco_stuff(coco_root, workers=1)
-    assert output == coco_root / "curated" / "train2017.txt"
-    assert output.read_text() == "000000000001\n"
+    assert output == coco_root / "curated" / "train2017" / "Coco164kFull_Stuff_Coarse_7.txt"  # PiCIE's path
+    assert output.read_text() == "000000000001\n000000000004\n"
     custom = tmp_path / "lists" / "mine.txt"
     argv = ["coco-stuff", "--root", str(coco_root), "--curate", "--min-stuff", "0.5", "--output", str(custom)]
     assert main([*argv, "--workers", "1"]) == 0
-    assert custom.read_text() == "000000000001\n000000000002\n"
+    assert custom.read_text() == "000000000001\n000000000002\n000000000004\n000000000005\n"
     custom.write_text("kept\n")
     assert main([*argv, "--workers", "1"]) == 0 and custom.read_text() == "kept\n"  # idempotent
-    assert main([*argv, "--workers", "1", "--overwrite"]) == 0 and custom.read_text().startswith("000000000001")
+    assert main([*argv, "--workers", "1", "--min-size", "0", "--overwrite"]) == 0
+    assert "000000000003\n" in custom.read_text()  # the size rule off
+
+
+def test_curated_list_reads_as_the_datamodule_image_list(coco_root: Path) -> None:
+    """The lists prepare writes and PiCIE's official ones (curated/<split>2017/Coco164kFull_Stuff_Coarse_7.txt:
+    12-digit ids, one per line) restrict the datamodule's split."""
+    from pixcontrast.data import COCOStuffDataModule
+
+    official = coco_root / "curated" / "train2017" / "Coco164kFull_Stuff_Coarse_7.txt"
+    official.parent.mkdir(parents=True)
+    official.write_text("000000000001\n000000000003\n")
+    datamodule = COCOStuffDataModule(str(coco_root), label_set="27", train_image_list=str(official))
+    assert datamodule.build_dataset("train").names == ["000000000001", "000000000003"]
 
 
 def test_curation_bad_inputs(tmp_path: Path, coco_root: Path, capsys) -> None:
@@ -111,5 +137,7 @@ def test_curation_bad_inputs(tmp_path: Path, coco_root: Path, capsys) -> None:
     assert "no label maps in" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--min-stuff must be in"):
         curate_coco_stuff(coco_root, min_stuff=75)
+    with pytest.raises(ValueError, match="--min-size must be >= 0 pixels, got -1"):
+        curate_coco_stuff(coco_root, min_size=-1)
     with pytest.raises(SystemExit):
         main(["coco-stuff", "--root", str(coco_root)])  # --curate is required
