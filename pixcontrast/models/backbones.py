@@ -29,6 +29,7 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
+from timm.models import FeatureInfo
 from torch import Tensor, nn
 
 from pixcontrast.models.weights import load_weights, pretrained_weights_file
@@ -121,8 +122,8 @@ class TimmEncoder(Encoder):
         self.model = self._create(name, wanted, explicit=output_stride is not None, pretrained=pretrained)
         if weights_path is not None:
             load_weights(self.model, weights_path)
-        self.channels = tuple(self.model.feature_info.channels())
-        self.reductions = tuple(self.model.feature_info.reduction())
+        self.channels = tuple(_feature_info(self.model).channels())
+        self.reductions = tuple(_feature_info(self.model).reduction())
         self.head_index = len(self.channels) - 1
         self.aux_index = max(len(self.channels) - 2, 0)
         self.channels_last = str(getattr(self.model, "output_fmt", "NCHW")).upper().endswith("NHWC")
@@ -142,7 +143,7 @@ class TimmEncoder(Encoder):
                 f"encoder {name!r} cannot be built with output_stride={output_stride} ({error}); "
                 "pass output_stride=None to use the model's own stride"
             ) from error
-        reached = max(model.feature_info.reduction())
+        reached = max(_feature_info(model).reduction())
         if explicit and reached != output_stride:
             raise ValueError(
                 f"encoder {name!r} has stride {reached}, not output_stride={output_stride} (timm cannot dilate it); "
@@ -176,8 +177,8 @@ class HRNetV2Encoder(Encoder):
         )
         if weights_path is not None:
             load_weights(self.model, weights_path)
-        branch_channels = tuple(self.model.feature_info.channels())
-        branch_reductions = tuple(self.model.feature_info.reduction())
+        branch_channels = tuple(_feature_info(self.model).channels())
+        branch_reductions = tuple(_feature_info(self.model).reduction())
         self.channels = (*branch_channels, sum(branch_channels))
         self.reductions = (*branch_reductions, branch_reductions[0])
         self.head_index = self.aux_index = len(branch_channels)
@@ -221,6 +222,8 @@ class ViTEncoder(Encoder):
     ``output_stride`` picks the map the decode, auxiliary and projection heads read: None (default) is the last
     block itself (stride ``p``), or any stride of the pyramid (8 reads ViT-S/16's upsampled stride-8 level).
     """
+
+    model: Any  # a timm ViT: its patch_embed, embed_dim and forward_intermediates are unknown to nn.Module's typing
 
     def __init__(
         self,
@@ -303,6 +306,13 @@ def build_encoder(
     if family == "vision_transformer":
         return ViTEncoder(name, output_stride=output_stride, pretrained=pretrained, weights_path=weights_path)
     return TimmEncoder(name, output_stride, pretrained=pretrained, weights_path=weights_path, dilate=dilate)
+
+
+def _feature_info(model: nn.Module) -> FeatureInfo:
+    """timm's ``feature_info`` of a ``features_only`` model (an attribute ``nn.Module``'s typing does not know)."""
+    info = model.feature_info
+    assert isinstance(info, FeatureInfo)
+    return info
 
 
 def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:

@@ -100,7 +100,9 @@ class Segmenter(nn.Module):
         if head == "fcn":
             decode_head: nn.Module = FCNHead(in_channels, num_classes, head_channels, dropout)
         elif head == "aspp":
-            rates = aspp_rates(backbone.head_reduction)
+            reduction = backbone.head_reduction
+            assert isinstance(reduction, int)  # the decode map's stride is an output stride, a whole number
+            rates = aspp_rates(reduction)
             decode_head = ASPPHead(in_channels, num_classes, head_channels, rates, dropout)
         else:
             decode_head = OCRHead(in_channels, num_classes, head_channels, max(head_channels // 2, 1), dropout)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import timm
@@ -39,8 +39,9 @@ def pretrained_weights_file(name: str) -> str:
     from huggingface_hub import constants
 
     cache = constants.HF_HUB_CACHE if cfg.hf_hub_id else str(Path(torch.hub.get_dir()) / "checkpoints")
+    url = cast(str, cfg.url)  # timm types it as a string or a pair; the configs with weights at a URL give a string
     try:
-        return _download_from_hub(cfg.hf_hub_id, cfg.hf_hub_filename) if cfg.hf_hub_id else _download_url(cfg.url)
+        return _download_from_hub(cfg.hf_hub_id, cfg.hf_hub_filename) if cfg.hf_hub_id else _download_url(url)
     except OSError as error:  # the hub client's offline / HTTP / missing-file errors and urllib's are all OSErrors
         reason = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else f"{type(error).__name__}: {error}"
         raise RuntimeError(
@@ -91,8 +92,8 @@ def cached_pretrained_file(name: str) -> str | None:
             path = try_to_load_from_cache(cfg.hf_hub_id, filename)
             if isinstance(path, str):
                 return path
-    if cfg.url:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
+    if cfg.url:  # a string, as in pretrained_weights_file
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cast(str, cfg.url)).path).name
         if path.is_file():
             return str(path)
     return None
