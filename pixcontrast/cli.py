@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
@@ -76,7 +76,8 @@ class PixContrastCLI(LightningCLI):
             callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
         trainer = super()._instantiate_trainer(config, [RandomStateCheckpoint(), *callbacks])
         unlabelled = not getattr(self.datamodule, "has_labels", True)
-        for callback in trainer.checkpoint_callbacks:
+        for checkpoint in trainer.checkpoint_callbacks:
+            callback = cast(ModelCheckpoint, checkpoint)  # Lightning's one Checkpoint; typed as the bare base class
             if callback.dirpath is None:  # a fixed folder, so that --ckpt_path last finds the previous run's files
                 callback.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
             if unlabelled and callback.monitor == CHECKPOINT_DEFAULTS["checkpoint.monitor"]:

@@ -71,7 +71,8 @@ class SegmentationPredictionWriter(BasePredictionWriter):
         shapes = [label.shape for label in labels]
         images = None if image is None else _images_at(image, _sizes(batch, "image_size"), shapes)
         num_classes = _num_classes(trainer, pl_module)
-        given = getattr(trainer.datamodule, "palette", None)
+        # Lightning sets Trainer.datamodule at run time without declaring it
+        given = getattr(trainer.datamodule, "palette", None)  # type: ignore[attr-defined]
         self._write_maps("labels", "overlays", names, labels, num_classes, given, images)
         if prediction.get("cluster_map") is not None:
             clusters = _unpadded(prediction["cluster_map"], sizes)
@@ -125,7 +126,8 @@ class SegmentationPredictionWriter(BasePredictionWriter):
 
 def _num_classes(trainer: L.Trainer, pl_module: L.LightningModule) -> int | None:
     """Classes of the datamodule's palette, else the module's ``num_classes`` hyperparameter, else None."""
-    palette = getattr(trainer.datamodule, "palette", None)
+    # Lightning sets Trainer.datamodule at run time without declaring it
+    palette = getattr(trainer.datamodule, "palette", None)  # type: ignore[attr-defined]
     if palette is not None:
         return len(palette)
     hparams = getattr(pl_module, "hparams", {})

@@ -25,7 +25,9 @@ class RandomStateCheckpoint(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         # numpy's key array is stored as a tensor so that checkpoints stay loadable with ``weights_only=True``
-        name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        state = np.random.get_state()
+        assert isinstance(state, tuple)  # the legacy form of the global MT19937 state
+        name, keys, position, has_gauss, cached_gaussian = state
         states: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),

@@ -145,7 +145,8 @@ class SegmentationVisualizer(L.Callback):
         collected = self._collect(trainer, pl_module)
         if collected is None or not trainer.is_global_zero:
             return
-        datamodule = trainer.datamodule
+        # Lightning sets Trainer.datamodule at run time without declaring it
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]
         pictures = self.render(
             collected,
             list(datamodule.class_names),
@@ -160,7 +161,8 @@ class SegmentationVisualizer(L.Callback):
         ``image`` N x 3 x H x W, ``mask`` N x H' x W', ``name``, ``image_size`` and ``mask_size`` (N (h, w))."""
         if self._fixed is not None:
             return self._fixed
-        datamodule = trainer.datamodule
+        # Lightning sets Trainer.datamodule at run time without declaring it
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]
         if datamodule is None or not hasattr(datamodule, "class_names") or not hasattr(datamodule, "palette"):
             raise RuntimeError(
                 "SegmentationVisualizer needs a datamodule with class_names and palette (any pixcontrast datamodule)"
@@ -186,8 +188,9 @@ class SegmentationVisualizer(L.Callback):
         """Run the hook over the fixed set in chunks of one size; keep grid predictions, confusion counts and
         embeddings sampled per image (so that nothing depends on the chunk size)."""
         fixed = self._fixed_batch(trainer)
-        num_classes = len(trainer.datamodule.class_names)
-        ignore_index = getattr(trainer.datamodule, "ignore_index", IGNORE_INDEX)
+        # Lightning sets Trainer.datamodule at run time without declaring it
+        num_classes = len(trainer.datamodule.class_names)  # type: ignore[attr-defined]
+        ignore_index = getattr(trainer.datamodule, "ignore_index", IGNORE_INDEX)  # type: ignore[attr-defined]
         chunk = getattr(self._val_loader(trainer), "batch_size", None) or 1
         generator = torch.Generator().manual_seed(self.seed)
         shown = min(self.num_images, len(fixed["name"])) if self.grid else 0
@@ -201,7 +204,8 @@ class SegmentationVisualizer(L.Callback):
             with torch.no_grad():
                 for indices in _size_chunks(fixed["image_size"], fixed["mask_size"], chunk):
                     batch = _unpadded_batch(fixed, indices, pl_module.device)
-                    outputs = pl_module.visualization_outputs(batch)
+                    # a hook of the module, checked in setup; nn.Module's __getattr__ types it Tensor | Module
+                    outputs = pl_module.visualization_outputs(batch)  # type: ignore[operator]
                     if not outputs:
                         return None
                     prediction = _prediction_at_mask_size(outputs.get("prediction"), batch)
@@ -240,7 +244,7 @@ class SegmentationVisualizer(L.Callback):
     ) -> tuple[Tensor, Tensor]:
         """At most ``max_points_per_class`` embeddings (N x D, CPU) per label, with their labels (N)."""
         num_pixels = embeddings.shape[-2] * embeddings.shape[-1]
-        small = downsample_labels(labels, tuple(embeddings.shape[-2:])).cpu()
+        small = downsample_labels(labels, (embeddings.shape[-2], embeddings.shape[-1])).cpu()
         chosen = sample_per_group(small.flatten(), self.max_points_per_class, generator, ignore_index)
         image, pixel = chosen // num_pixels, chosen % num_pixels
         vectors = gather_pixels(embeddings, image.to(embeddings.device), pixel.to(embeddings.device))
@@ -292,10 +296,10 @@ class SegmentationVisualizer(L.Callback):
             Image.fromarray(picture).save(os.path.join(folder, f"{name}_epoch{trainer.current_epoch:03d}.png"))
             for logger in trainer.loggers:
                 experiment = getattr(logger, "experiment", None)
-                if hasattr(experiment, "add_image"):
+                if experiment is not None and hasattr(experiment, "add_image"):
                     experiment.add_image(f"val/{name}", picture, trainer.global_step, dataformats="HWC")
-                elif callable(getattr(logger, "log_image", None)):
-                    logger.log_image(key=f"val/{name}", images=[picture], step=trainer.global_step)
+                elif callable(log_image := getattr(logger, "log_image", None)):
+                    log_image(key=f"val/{name}", images=[picture], step=trainer.global_step)
 
 
 def _unpadded_batch(fixed: Mapping[str, Any], indices: Sequence[int], device: torch.device) -> dict[str, Any]:

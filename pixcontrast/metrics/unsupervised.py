@@ -114,6 +114,8 @@ class HungarianMatchedSegmentation(Metric):
     higher_is_better = True
     is_differentiable = False
 
+    histogram: Tensor
+
     def __init__(
         self,
         num_classes: int,
