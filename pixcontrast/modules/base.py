@@ -8,7 +8,9 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
@@ -19,6 +21,14 @@ from pixcontrast.modules.evaluation import StageEvaluation
 
 EVAL_MODES = ("whole", "slide", "multiscale")
 OPTIMIZERS = ("sgd", "adamw")
+
+
+def hparams_of(module: L.LightningModule) -> AttributeDict:
+    """``module.hparams`` as ``save_hyperparameters()`` stores them: an ``AttributeDict`` (Lightning types the
+    property as a plain ``MutableMapping``, without the attribute access)."""
+    hparams = module.hparams
+    assert isinstance(hparams, AttributeDict)
+    return hparams
 
 
 def masked_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int, weight: Tensor | None = None) -> Tensor:
@@ -77,6 +87,8 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
     per check; a bad step raises ``FloatingPointError`` naming the step and the offending terms.
     """
 
+    class_weights: Tensor | None
+
     def __init__(
         self,
         num_classes: int,
@@ -130,7 +142,7 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
     # ----------------------------------------------------------------------------------------- template hooks
     def segmenter_kwargs(self) -> dict[str, Any]:
         """The :class:`Segmenter` constructor arguments taken from the hyperparameters."""
-        hp = self.hparams
+        hp = hparams_of(self)
         return dict(
             num_classes=hp.num_classes,
             encoder=hp.encoder,
@@ -152,7 +164,8 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
 
     def configure_metrics(self) -> None:
         """Build dataset-level mIoU, per-class IoU and pixel accuracy for validation and test."""
-        num_classes, ignore = self.hparams.num_classes, self.hparams.ignore_index
+        hp = hparams_of(self)
+        num_classes, ignore = hp.num_classes, hp.ignore_index
         metrics = MetricCollection(
             {
                 "iou": MulticlassJaccardIndex(
@@ -173,7 +186,7 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
 
     def predict_logits(self, images: Tensor) -> Tensor:
         """Logits at input size with the configured evaluation mode (whole, sliding window, multi-scale)."""
-        hp = self.hparams
+        hp = hparams_of(self)
         return predict_logits(
             self.forward,
             images,
@@ -187,7 +200,8 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
     # -------------------------------------------------------------------------------------------- checks
     def setup(self, stage: str) -> None:
         """Refuse a datamodule without labels for fit, validate and test (predict needs none)."""
-        datamodule = self.trainer.datamodule
+        # Lightning sets Trainer.datamodule at run time without declaring it
+        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]
         if stage != "predict" and not getattr(datamodule, "has_labels", True):
             raise ValueError(
                 f"{type(self).__name__} is supervised, but {type(datamodule).__name__} has no labels (no masks "
@@ -195,7 +209,7 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
                 "pixcontrast.modules.PiCIE wrapped around the datamodule by pixcontrast.data.PiCIEDataModule."
             )
 
-    def check_batch(self, batch: dict[str, Any], stage: str) -> None:
+    def check_batch(self, batch: Mapping[str, Any], stage: str) -> None:
         """Reject unusable batches with a clear message.
 
         Every batch: a missing key, an empty batch, as many masks as images; in training also masks of the
@@ -216,7 +230,8 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
         if stage in self._batches_checked:
             return
         self._batches_checked.add(stage)
-        ignore, num_classes = self.hparams.ignore_index, self.hparams.num_classes
+        hp = hparams_of(self)
+        ignore, num_classes = hp.ignore_index, hp.num_classes
         labelled = masks[masks != ignore]
         if labelled.numel() == 0:
             rank_zero_warn(
@@ -241,18 +256,18 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
     def supervised_losses(self, output: Any, masks: Tensor) -> dict[str, Tensor]:
         """Cross-entropy (+ ``aux_weight`` x auxiliary cross-entropy) of a :class:`SegmenterOutput`, both
         weighted by ``class_weights`` when given."""
-        ignore, weight = self.hparams.ignore_index, self.class_weights
+        ignore, weight = hparams_of(self).ignore_index, self.class_weights
         losses = {"ce": masked_cross_entropy(output.logits, masks, ignore, weight)}
         total = losses["ce"]
         if output.aux_logits is not None:
             losses["aux_ce"] = masked_cross_entropy(output.aux_logits, masks, ignore, weight)
-            total = total + self.hparams.aux_weight * losses["aux_ce"]
+            total = total + hparams_of(self).aux_weight * losses["aux_ce"]
         losses["loss"] = total
         return losses
 
     def check_finite(self, losses: dict[str, Tensor], names: Sequence[str] | None = None) -> None:
         """Raise ``FloatingPointError`` naming the step and the terms when a loss term is NaN or inf."""
-        every = self.hparams.check_finite_every_n_steps
+        every = hparams_of(self).check_finite_every_n_steps
         if every <= 0 or self.global_step % every:
             return
         finite = torch.isfinite(torch.stack([value.detach().float() for value in losses.values()]))
@@ -295,12 +310,12 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
         mask_sizes = batch["mask_size"].tolist() if "mask_size" in batch else [shape] * count
         return per_size_inference(self.predict_logits, images, image_sizes, mask_sizes, shape)
 
-    def evaluation_step(self, batch: dict[str, Any], stage: str) -> None:
+    def evaluation_step(self, batch: Mapping[str, Any], stage: str) -> None:
         """Validation/test step: :meth:`evaluation_logits`, the stage's metrics and (weighted) loss at mask size."""
         self.check_batch(batch, stage)
         logits = self.evaluation_logits(batch)
         masks = batch["mask"]
-        loss = masked_cross_entropy(logits, masks, self.hparams.ignore_index, self.class_weights)
+        loss = masked_cross_entropy(logits, masks, hparams_of(self).ignore_index, self.class_weights)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(logits.argmax(dim=1), masks)
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=masks.shape[0])
@@ -332,8 +347,9 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
         """Parameter groups for the optimiser (override to give heads their own learning rate)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        hp = hparams_of(self)
+        optimizer: torch.optim.Optimizer
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(
                 self.parameter_groups(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay

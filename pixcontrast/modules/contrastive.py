@@ -5,20 +5,28 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from pixcontrast.losses import PixelContrast, PixelContrastSettings
 from pixcontrast.models import SegmenterOutput
-from pixcontrast.modules.base import SegmentationModule
+from pixcontrast.modules.base import SegmentationModule, hparams_of
 
 DEFAULT_CONTRAST = PixelContrastSettings(warmup_steps=5000)
 """The term's settings when none are given: :class:`PixelContrastSettings`' defaults with the papers' warm-up."""
 
 FLAT_OPTIONS = tuple(field.name for field in dataclasses.fields(PixelContrastSettings) if field.name != "ignore_index")
 """Contrast options given flat, as pixcontrast 0.1 took them (``ignore_index`` is the module's own argument)."""
+
+
+class ContrastInputs(TypedDict):
+    """What :meth:`ContrastiveSegmenter.contrast_inputs` gives the term: keywords of ``PixelContrast.terms``."""
+
+    features: Tensor
+    masks: Tensor
+    logits: Tensor
 
 
 class ContrastiveSegmenter(SegmentationModule):
@@ -54,7 +62,7 @@ class ContrastiveSegmenter(SegmentationModule):
 
     def configure_losses(self) -> None:
         """The pixel-contrast term on the map the decode head reads, from the ``contrast`` hyper-parameters."""
-        hp = self.hparams
+        hp = hparams_of(self)
         settings = contrast_settings(hp.contrast)
         if settings.ignore_index not in (PixelContrastSettings.ignore_index, hp.ignore_index):
             raise ValueError(
@@ -65,7 +73,7 @@ class ContrastiveSegmenter(SegmentationModule):
             self.model.encoder.head_channels, hp.num_classes, settings, ignore_index=hp.ignore_index
         )
 
-    def contrast_inputs(self, batch: dict[str, Any], output: SegmenterOutput) -> dict[str, Tensor]:
+    def contrast_inputs(self, batch: dict[str, Any], output: SegmenterOutput) -> ContrastInputs:
         """What the contrast term sees: ``features`` B x C x h x w, ``masks`` B x H x W, ``logits`` B x K x h x w.
 
         Default: the map the decode head reads, the batch's masks and the decode head's logits.
