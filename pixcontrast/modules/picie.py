@@ -27,6 +27,7 @@ from pixcontrast.losses.cluster_head import CLASS_WEIGHTS, LOGITS, ClusterHead, 
 from pixcontrast.losses.picie import picie_loss, warp_features
 from pixcontrast.metrics import HungarianMatchedSegmentation
 from pixcontrast.models.fpn import PiCIENetwork
+from pixcontrast.modules.base import hparams_of
 from pixcontrast.modules.evaluation import StageEvaluation
 
 TRAIN_KEYS = ("image1", "image2", "geometry")
@@ -63,6 +64,8 @@ class PiCIE(StageEvaluation, L.LightningModule):
     the training forward pass); running statistics are not updated by the clustering pass. Evaluation
     classifies with view 1's head; the over-clustering head is scored by many-to-one matching (``val/over_*``).
     """
+
+    assignment: Tensor
 
     def __init__(
         self,
@@ -121,7 +124,7 @@ class PiCIE(StageEvaluation, L.LightningModule):
                 num_classes, over_clusters, ignore_index, matching="majority"
             )
             self.test_over_metric = self.val_over_metric.clone()
-        self._before_clustering: tuple[bool, dict[nn.Module, float | None]] = (True, {})
+        self._before_clustering: tuple[bool, dict[nn.modules.batchnorm._BatchNorm, float | None]] = (True, {})
 
     @property
     def has_centroids(self) -> bool:
@@ -154,9 +157,10 @@ class PiCIE(StageEvaluation, L.LightningModule):
         features1, features2 = (network or self.network)(torch.cat([image1, image2])).chunk(2)
         return features1, warp_features(features2, batch["geometry"], output_size=features1.shape[-2:])
 
-    def _head_pairs(self) -> list[nn.ModuleList]:
+    def _head_pairs(self) -> list[tuple[ClusterHead, ClusterHead]]:
         """The heads of views 1 and 2 of each clustering: the main one, then the over-clustering one if any."""
-        return [self.heads] if self.over_heads is None else [self.heads, self.over_heads]
+        pairs = [self.heads] if self.over_heads is None else [self.heads, self.over_heads]
+        return [_view_heads(heads) for heads in pairs]
 
     def feature_sets(self) -> Iterator[tuple[str, int, ClusterHead]]:
         """``(name, view index, head)`` of every head, with the feature-set names of the KMeansRefresh hooks
@@ -249,14 +253,14 @@ class PiCIE(StageEvaluation, L.LightningModule):
                 labelling = self.view_features(batch, self.label_network)
         outputs, labels = [], []
         for heads in self._head_pairs():
-            labels.append(tuple(head.assign(f) for head, f in zip(heads, labelling, strict=True)))
-            outputs.append(picie_loss(*features, *heads, labels[-1], self.hparams.temperature))
+            labels.append((heads[0].assign(labelling[0]), heads[1].assign(labelling[1])))
+            outputs.append(picie_loss(*features, *heads, labels[-1], hparams_of(self).temperature))
         main = outputs[0]
         losses = {
             "loss": main.loss,
             "within_view": main.within_view,
             "across_view": main.across_view,
-            "clusters_used": _clusters_used(labels[0][0], self.hparams.num_clusters),
+            "clusters_used": _clusters_used(labels[0][0], hparams_of(self).num_clusters),
         }
         if len(outputs) > 1:
             losses.update(over_loss=outputs[1].loss, loss=main.loss + outputs[1].loss)
@@ -272,7 +276,8 @@ class PiCIE(StageEvaluation, L.LightningModule):
     # ---------------------------------------------------------------------------------------- evaluation
     def setup(self, stage: str) -> None:
         """Skip the evaluation metrics, with one log line, when the data has no labels."""
-        self._evaluate = self.hparams.num_classes > 0 and getattr(self.trainer.datamodule, "has_labels", True)
+        # Lightning sets Trainer.datamodule at run time without declaring it
+        self._evaluate = hparams_of(self).num_classes > 0 and getattr(self.trainer.datamodule, "has_labels", True)  # type: ignore[attr-defined]
         if not self._evaluate and stage != "predict":
             rank_zero_info(
                 "PiCIE: the data has no labels, so the evaluation metrics (val/miou, ...) are skipped; "
@@ -286,7 +291,7 @@ class PiCIE(StageEvaluation, L.LightningModule):
         ``features`` (``B x D x h x w``) are the network's features of ``images`` when already computed.
         """
         features = self(images) if features is None else features
-        scores = (self.heads[0] if head is None else head).scores(features)
+        scores = (_view_heads(self.heads)[0] if head is None else head).scores(features)
         return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     def evaluation_step(self, batch: Mapping[str, Any], stage: str) -> None:
@@ -297,7 +302,7 @@ class PiCIE(StageEvaluation, L.LightningModule):
         features = self(images)  # one forward pass for both heads
         getattr(self, f"{stage}_metric").update(self.cluster_logits(images, features=features), masks)
         if self.over_heads is not None:
-            over_logits = self.cluster_logits(images, self.over_heads[0], features)
+            over_logits = self.cluster_logits(images, _view_heads(self.over_heads)[0], features)
             getattr(self, f"{stage}_over_metric").update(over_logits, masks)
 
     def compute_stage_metrics(self, stage: str) -> dict[str, Tensor] | None:
@@ -328,7 +333,7 @@ class PiCIE(StageEvaluation, L.LightningModule):
         """
         cluster_map = self.cluster_logits(images, features=features).argmax(dim=1)
         matched = self.assignment >= 0
-        lookup = torch.where(matched, self.assignment, self.hparams.ignore_index)
+        lookup = torch.where(matched, self.assignment, hparams_of(self).ignore_index)
         return cluster_map, torch.where(matched.any(), lookup[cluster_map], cluster_map)  # no host sync
 
     def on_predict_start(self) -> None:
@@ -352,7 +357,8 @@ class PiCIE(StageEvaluation, L.LightningModule):
 
     # ---------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.network.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        hp = hparams_of(self)
+        return torch.optim.Adam(self.network.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -369,6 +375,13 @@ class PiCIE(StageEvaluation, L.LightningModule):
                         state_dict[path + new] = state_dict.pop(prefix + old)
                 state_dict[path + "clustered"] = legacy_clustered
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def _view_heads(heads: nn.ModuleList) -> tuple[ClusterHead, ClusterHead]:
+    """The two heads (views 1 and 2) of a ``view_heads`` list, typed."""
+    head1, head2 = heads
+    assert isinstance(head1, ClusterHead) and isinstance(head2, ClusterHead)
+    return head1, head2
 
 
 def _pixels(features: Tensor) -> Tensor:
