@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
-from torchmetrics import Metric
+from torchmetrics import Metric, MetricCollection
+
+from pixcontrast.modules.base import hparams_of
 
 STAGES = ("val", "test")
 
@@ -37,7 +39,7 @@ class FeatureEvaluation(pl.Callback):
         unknown = sorted(set(self.stages) - set(STAGES))
         if unknown:
             raise ValueError(f"stages must be among {STAGES}, got {unknown}")
-        self._metric: Metric | None = None
+        self._metric: Metric | MetricCollection | None = None
 
     def fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Fit the head on the training images' features (called before the epoch, gradients off)."""
@@ -47,11 +49,11 @@ class FeatureEvaluation(pl.Callback):
         """Per-pixel scores of the fitted head: ``B x D x h x w -> B x C x h x w``."""
         raise NotImplementedError
 
-    def build_metric(self, num_classes: int, ignore_index: int) -> Metric:
+    def build_metric(self, num_classes: int, ignore_index: int) -> Metric | MetricCollection:
         """The epoch's metric, updated with ``(B x H x W predictions, B x H x W masks)``."""
         raise NotImplementedError
 
-    def results(self, metric: Metric) -> dict[str, Tensor]:
+    def results(self, metric: Metric | MetricCollection) -> dict[str, Tensor]:
         """``miou`` and ``pixel_accuracy`` (scalars) of the computed metric."""
         raise NotImplementedError
 
@@ -100,18 +102,19 @@ class FeatureEvaluation(pl.Callback):
     # ------------------------------------------------------------------ the evaluation
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._metric = None
-        num_classes = pl_module.hparams.num_classes
+        num_classes = hparams_of(pl_module).num_classes
         if stage not in self.stages or trainer.sanity_checking or num_classes < 1:
             return
         self.fit(trainer, pl_module)
-        self._metric = self.build_metric(num_classes, pl_module.hparams.ignore_index).to(pl_module.device)
+        self._metric = self.build_metric(num_classes, hparams_of(pl_module).ignore_index).to(pl_module.device)
 
     @torch.no_grad()
     def _update(self, pl_module: pl.LightningModule, batch: Mapping[str, Tensor]) -> None:
         if self._metric is None:
             return
         masks = batch["mask"]
-        scores = self.scores(pl_module.evaluation_features(batch["image"]))
+        # a hook of the module (checked in setup); nn.Module's __getattr__ types it Tensor | Module
+        scores = self.scores(pl_module.evaluation_features(batch["image"]))  # type: ignore[operator]
         scores = F.interpolate(scores.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
         self._metric.update(scores.argmax(dim=1), masks)
 
@@ -127,7 +130,8 @@ class FeatureEvaluation(pl.Callback):
 def train_eval_batches(trainer: pl.Trainer) -> Iterable:
     """The datamodule's ``train_eval_dataloader()``: training images and masks through the evaluation transform
     (under DDP each rank reads its shard; the sampler pads the shards to equal lengths)."""
-    hook = getattr(trainer.datamodule, "train_eval_dataloader", None)
+    # Lightning sets Trainer.datamodule at run time without declaring it
+    hook = getattr(trainer.datamodule, "train_eval_dataloader", None)  # type: ignore[attr-defined]
     if not callable(hook):
         raise RuntimeError(
             "the frozen-feature evaluations need a datamodule with train_eval_dataloader() (the training images "

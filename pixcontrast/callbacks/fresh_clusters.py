@@ -10,10 +10,11 @@ bilinearly upsampled to the labels, arg-max and Hungarian matching.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from torch import Tensor
+from torchmetrics import Metric, MetricCollection
 
 from pixcontrast.callbacks.feature_evaluation import STAGES, FeatureEvaluation, flatten_pixels, train_eval_batches
 from pixcontrast.callbacks.kmeans import collect_features
@@ -70,7 +71,7 @@ class FreshClusterEvaluation(FeatureEvaluation):
             raise ValueError(f"max_points must be a positive int, got {max_points!r}")
         if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
             raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
-        self.kmeans_kwargs = dict(
+        self.kmeans_kwargs: dict[str, Any] = dict(
             max_iter=max_iter, tol=tol, metric=metric, init=init, seed=seed, chunk_size=chunk_size
         )
         KMeans(1, **self.kmeans_kwargs)  # validate early
@@ -93,7 +94,8 @@ class FreshClusterEvaluation(FeatureEvaluation):
             trainer,
             pl_module,
             train_eval_batches(trainer),
-            lambda batch: flatten_pixels(pl_module.evaluation_features(batch["image"])),
+            # a hook of the module (checked in setup); nn.Module's __getattr__ types it Tensor | Module
+            lambda batch: flatten_pixels(pl_module.evaluation_features(batch["image"])),  # type: ignore[operator]
             ["features"],
             max_points=self.max_points,
             max_batches=self.max_batches,
@@ -101,15 +103,18 @@ class FreshClusterEvaluation(FeatureEvaluation):
             progress_bar=self.progress_bar,
         )["features"]
         model = KMeans(k, **self.kmeans_kwargs).fit(samples)
+        assert model.centroids is not None  # set by fit
         self.head = ClusterHead(k, samples.shape[1], logits=self.logits).to(pl_module.device)
         self.head.set_centroids(model.centroids.to(pl_module.device))
 
     def scores(self, features: Tensor) -> Tensor:
+        assert self.head is not None  # fitted before the epoch's batches are scored
         return self.head.scores(features)
 
     def build_metric(self, num_classes: int, ignore_index: int) -> HungarianMatchedSegmentation:
+        assert self.head is not None  # fitted before the metric is built
         return HungarianMatchedSegmentation(num_classes, self.head.num_clusters, ignore_index)
 
-    def results(self, metric: HungarianMatchedSegmentation) -> dict[str, Tensor]:
+    def results(self, metric: Metric | MetricCollection) -> dict[str, Tensor]:
         values = metric.compute()
         return {"miou": values["miou"], "pixel_accuracy": values["pixel_accuracy"]}

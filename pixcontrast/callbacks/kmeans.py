@@ -91,7 +91,9 @@ class KMeansRefresh(pl.Callback):
         self.every_n_epochs = every_n_epochs
         self.max_batches = max_batches
         self.max_points = max_points
-        self.kmeans_kwargs = dict(max_iter=max_iter, tol=tol, metric=metric, init=init, chunk_size=chunk_size)
+        self.kmeans_kwargs: dict[str, Any] = dict(
+            max_iter=max_iter, tol=tol, metric=metric, init=init, chunk_size=chunk_size
+        )
         self.seed = seed
         self.progress_bar = progress_bar
         self.log_prefix = log_prefix
@@ -121,21 +123,23 @@ class KMeansRefresh(pl.Callback):
     def refresh(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Collect features, fit one KMeans per feature set and hand the centroids to the module."""
         start = time.perf_counter()
-        counts = pl_module.cluster_counts()
+        # the module's hooks (checked in setup) are its own methods; nn.Module's __getattr__ types them Tensor | Module
+        counts = pl_module.cluster_counts()  # type: ignore[operator]
         single = not isinstance(counts, Mapping)
         counts = {_SINGLE: counts} if single else dict(counts)
         samples = self._collect(trainer, pl_module, counts)
         centroids, sizes = {}, {}
         for offset, (key, k) in enumerate(counts.items()):
             model = KMeans(k, seed=self.seed + offset, **self.kmeans_kwargs).fit(samples[key])
+            assert model.centroids is not None and model.inertia_ is not None  # set by fit
             centroids[key] = model.centroids.to(pl_module.device)
             sizes[key] = model.counts_.to(pl_module.device)
             points = all_reduce_sum(torch.tensor([samples[key].shape[0]], device=pl_module.device)).item()
             pl_module.log(f"{self.log_prefix}/inertia_{key}", model.inertia_ / points, batch_size=1)
             pl_module.log(f"{self.log_prefix}/points_{key}", float(points), batch_size=1)
-        pl_module.set_centroids(centroids[_SINGLE] if single else centroids)
+        pl_module.set_centroids(centroids[_SINGLE] if single else centroids)  # type: ignore[operator]
         if callable(getattr(pl_module, "set_cluster_sizes", None)):
-            pl_module.set_cluster_sizes(sizes[_SINGLE] if single else sizes)
+            pl_module.set_cluster_sizes(sizes[_SINGLE] if single else sizes)  # type: ignore[operator]
         self.refreshed_epoch = trainer.current_epoch
         pl_module.log(f"{self.log_prefix}/seconds", time.perf_counter() - start, batch_size=1)
 
@@ -145,7 +149,7 @@ class KMeansRefresh(pl.Callback):
             trainer,
             pl_module,
             _cluster_batches(trainer, pl_module),
-            pl_module.cluster_features,
+            pl_module.cluster_features,  # type: ignore[arg-type]  # a hook, see refresh
             list(counts),
             max_points=self.max_points,
             max_batches=self.max_batches,

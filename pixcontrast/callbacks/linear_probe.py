@@ -8,11 +8,12 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from pixcontrast.callbacks.feature_evaluation import STAGES, FeatureEvaluation, train_eval_batches
 from pixcontrast.distributed import all_reduce_sum, world_info
+from pixcontrast.modules.base import hparams_of
 
 
 class LinearProbe(FeatureEvaluation):
@@ -50,7 +51,7 @@ class LinearProbe(FeatureEvaluation):
 
     def fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Train :attr:`head` (``D -> num_classes`` 1x1 convolution) on the training images' features."""
-        ignore_index = pl_module.hparams.ignore_index
+        ignore_index = hparams_of(pl_module).ignore_index
         loader = train_eval_batches(trainer)
         was_training = pl_module.training
         pl_module.eval()
@@ -63,7 +64,8 @@ class LinearProbe(FeatureEvaluation):
                         break
                     batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
                     with torch.no_grad():
-                        features = pl_module.evaluation_features(batch["image"]).float()
+                        # a hook of the module (checked in setup); nn.Module's __getattr__ types it Tensor | Module
+                        features = pl_module.evaluation_features(batch["image"]).float()  # type: ignore[operator]
                     if self.head is None:
                         self.head, optimizer = self._new_head(features.shape[1], pl_module)
                     masks = batch["mask"]
@@ -79,12 +81,14 @@ class LinearProbe(FeatureEvaluation):
         self.head.requires_grad_(False)
 
     def _new_head(self, dim: int, pl_module: pl.LightningModule) -> tuple[nn.Conv2d, torch.optim.Optimizer]:
-        head = nn.Conv2d(dim, pl_module.hparams.num_classes, kernel_size=1).to(pl_module.device)
+        head = nn.Conv2d(dim, hparams_of(pl_module).num_classes, kernel_size=1).to(pl_module.device)
+        assert head.bias is not None  # a Conv2d has a bias by default
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
         return head, torch.optim.Adam(head.parameters(), lr=self.lr)
 
     def scores(self, features: Tensor) -> Tensor:
+        assert self.head is not None  # fitted before the epoch's batches are scored
         return self.head(features.float())
 
     def build_metric(self, num_classes: int, ignore_index: int) -> MetricCollection:
@@ -97,7 +101,7 @@ class LinearProbe(FeatureEvaluation):
             }
         )
 
-    def results(self, metric: MetricCollection) -> dict[str, Tensor]:
+    def results(self, metric: Metric | MetricCollection) -> dict[str, Tensor]:
         values = metric.compute()
         return {"miou": values["iou"].nanmean(), "pixel_accuracy": values["pixel_accuracy"]}
 
@@ -107,4 +111,5 @@ def _average_gradients(module: nn.Module) -> None:
     world = world_info()[1]
     if world > 1:
         for parameter in module.parameters():
+            assert parameter.grad is not None  # every parameter of the probe is in the loss
             parameter.grad = all_reduce_sum(parameter.grad) / world
