@@ -170,9 +170,10 @@ class SegmentationDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.drop_last = drop_last
-        self.train_dataset: SegmentationDataset | None = None
-        self.val_dataset: SegmentationDataset | None = None
-        self.test_dataset: SegmentationDataset | None = None
+        # map-style datasets: SegmentationDataset, except e.g. PiCIE's two-view training set
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
 
     @property
     def class_names(self) -> Sequence[str]:
@@ -193,13 +194,13 @@ class SegmentationDataModule(L.LightningDataModule):
         """``num_classes x 3`` uint8 colours, index = class id."""
         return default_palette(self.num_classes)
 
-    def build_dataset(self, split: str) -> SegmentationDataset:
+    def build_dataset(self, split: str) -> Dataset:
         """Create the dataset of ``split`` (one of ``train``, ``val``, ``test``)."""
         raise NotImplementedError
 
-    def _checked_dataset(self, split: str) -> SegmentationDataset:
+    def _checked_dataset(self, split: str) -> Dataset:
         dataset = self.build_dataset(split)
-        if len(dataset) == 0:
+        if len(cast(Sized, dataset)) == 0:  # map-style: sized
             raise ValueError(
                 f"{type(self).__name__}: the {split!r} split is empty; check the dataset root and the split's files"
             )

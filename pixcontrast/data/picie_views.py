@@ -303,7 +303,7 @@ class PiCIEDataModule(SegmentationDataModule):
         self.datamodule.prepare_data()
 
     def build_dataset(self, split: str) -> SegmentationDataset | PiCIEViews:
-        dataset = self.datamodule.build_dataset(split)
+        dataset = self._inner_dataset(split)
         if split == "train":
             return PiCIEViews(dataset, self.view_size, self.input_size, self.seed)
         return CenterCropDataset(dataset, self.eval_size)
@@ -315,8 +315,14 @@ class PiCIEDataModule(SegmentationDataModule):
     def train_eval_dataloader(self) -> DataLoader:
         """The training images with their masks through the evaluation transform (short side to ``eval_size``,
         center crop), in order: what ``FreshClusterEvaluation`` clusters and ``LinearProbe`` trains on."""
-        dataset = CenterCropDataset(self.datamodule.build_dataset("train"), self.eval_size)
+        dataset = CenterCropDataset(self._inner_dataset("train"), self.eval_size)
         return self._loader(dataset, "train", train=False)
+
+    def _inner_dataset(self, split: str) -> SegmentationDataset:
+        """The wrapped datamodule's dataset of ``split`` (a benchmark or folder datamodule: a SegmentationDataset)."""
+        dataset = self.datamodule.build_dataset(split)
+        assert isinstance(dataset, SegmentationDataset)
+        return dataset
 
     def _trainer_epoch(self) -> int | None:
         return None if self.trainer is None else self.trainer.current_epoch
@@ -331,6 +337,8 @@ class EpochViewsLoader(DataLoader):
     subclass, so Lightning can put a distributed sampler in it).
     """
 
+    dataset: PiCIEViews
+
     def __init__(self, dataset: PiCIEViews, *args: Any, epoch: Callable[[], int | None], **kwargs: Any) -> None:
         super().__init__(dataset, *args, **kwargs)
         self.epoch = epoch
@@ -344,7 +352,9 @@ class EpochViewsLoader(DataLoader):
             for name in inspect.signature(DataLoader).parameters
             if name not in ("dataset", "shuffle", "batch_sampler")  # the sampler carries the shuffling
         }
-        return cls(loader.dataset, epoch=epoch, **settings)
+        dataset = loader.dataset
+        assert isinstance(dataset, PiCIEViews)  # the training loader of PiCIEDataModule
+        return cls(dataset, epoch=epoch, **settings)
 
     def __iter__(self) -> _BaseDataLoaderIter:
         epoch = self.epoch()

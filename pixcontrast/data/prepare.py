@@ -29,6 +29,7 @@ from pixcontrast.data.base import IGNORE_INDEX
 from pixcontrast.data.cityscapes import LABEL_ID_SUFFIX, TRAIN_ID_SUFFIX, CityscapesDataModule
 from pixcontrast.data.coco_stuff import LABEL_DIR as COCO_LABEL_DIR
 from pixcontrast.data.coco_stuff import COCOStuffDataModule
+from pixcontrast.data.files import FileSegmentationDataModule
 from pixcontrast.data.io import apply_lut, missing_files, read_label, write_label
 from pixcontrast.data.label_maps import (
     CITYSCAPES_LOOKUPS,
@@ -79,7 +80,7 @@ def run_parallel(function: Callable[[T], R], items: Sequence[T], workers: int | 
     return collected
 
 
-def _layout_error(module: type, root: Path, problem: str) -> FileNotFoundError:
+def _layout_error(module: type[FileSegmentationDataModule], root: Path, problem: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"{module.dataset_name}: {problem}\nExpected layout under root={str(root)!r}:\n{module.layout}"
     )
@@ -170,13 +171,20 @@ def _context_sources(annotations: Path, wanted: Callable[[str], bool]) -> tuple[
         for member in archive:
             path = Path(member.name)
             if member.isfile() and path.name == "labels.txt":
-                text = archive.extractfile(member).read().decode("utf-8")
+                text = _member_bytes(archive, member).decode("utf-8")
             elif member.isfile() and path.suffix == ".mat" and wanted(path.stem):
-                sources.append((f"{annotations}:{member.name}", archive.extractfile(member).read()))
+                sources.append((f"{annotations}:{member.name}", _member_bytes(archive, member)))
     sibling = annotations.parent / "labels.txt"
     if text is None and sibling.is_file():
         text = sibling.read_text(encoding="utf-8")
     return sources, text
+
+
+def _member_bytes(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """The contents of ``member``, a regular file of ``archive``."""
+    handle = archive.extractfile(member)
+    assert handle is not None  # None only for members that are not regular files
+    return handle.read()
 
 
 def prepare_pascal_context(
