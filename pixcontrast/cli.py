@@ -43,8 +43,10 @@ class PixContrastCLI(LightningCLI):
     """LightningCLI in subclass mode with the defaults segmentation users expect.
 
     Always on: ``ModelCheckpoint`` on ``val/miou`` (max) with ``last.ckpt`` (``--checkpoint.*``; files go to
-    ``<trainer.default_root_dir>/checkpoints`` unless ``--checkpoint.dirpath`` says otherwise), a Rich progress
-    bar (``--progress_bar.*``), ``LearningRateMonitor`` (``--lr_monitor.*``; dropped when the logger is off) and
+    ``<trainer.default_root_dir>/checkpoints`` unless ``--checkpoint.dirpath`` says otherwise; dropped with
+    ``--trainer.enable_checkpointing=false``), a Rich progress bar (``--progress_bar.*``; dropped with
+    ``--trainer.enable_progress_bar=false``), ``LearningRateMonitor`` (``--lr_monitor.*``; dropped when the
+    logger is off) and
     :class:`RandomStateCheckpoint` (so ``--ckpt_path last`` resumes exactly where the run stopped).
     ``num_classes`` and ``class_names`` of the model are taken from the datamodule. With a datamodule without
     labels (``has_labels`` false) there is no ``val/miou``: checkpoints then keep the latest epoch.
@@ -69,11 +71,14 @@ class PixContrastCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        # Drop the always-on callbacks that the trainer settings switch off: no progress bar, no logger to monitor.
+        # Drop the always-on callbacks that the trainer settings switch off: no progress bar, no logger to monitor,
+        # no checkpointing.
         if config.get("enable_progress_bar") is False:
             callbacks = [cb for cb in callbacks if not isinstance(cb, RichProgressBar)]
         if config.get("logger") is False:
             callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+        if config.get("enable_checkpointing") is False:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
         trainer = super()._instantiate_trainer(config, [RandomStateCheckpoint(), *callbacks])
         unlabelled = not getattr(self.datamodule, "has_labels", True)
         for checkpoint in trainer.checkpoint_callbacks:

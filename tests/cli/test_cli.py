@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
 from pixcontrast.bundled_configs import CONFIG_DIR
 from pixcontrast.cli import PixContrastCLI, main, run_lightning
@@ -81,6 +81,7 @@ def test_python_dash_m_runs_the_same_command():
     [
         ("--trainer.enable_progress_bar=false", RichProgressBar, LearningRateMonitor),
         ("--trainer.logger=false", LearningRateMonitor, RichProgressBar),
+        ("--trainer.enable_checkpointing=false", ModelCheckpoint, RichProgressBar),
     ],
 )
 def test_trainer_switches_turn_off_the_default_callbacks(switch, dropped, kept, tmp_path):
