@@ -82,16 +82,7 @@ class FeatureEvaluation(pl.Callback):
     ) -> None:
         self._update(pl_module, batch)
 
-    def on_test_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._update(pl_module, batch)
+    on_test_batch_end = on_validation_batch_end  # the same update in both stages: _start built the stage's metric
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(pl_module, "val")
