@@ -1,5 +1,5 @@
-"""Shared test set-up: the fixture writers of tests/data (official dataset layouts) are importable everywhere,
-and the `gpu` tier is skipped on machines without CUDA."""
+"""Shared test set-up: the tiny Trainer and datamodules of tiny_runs.py and the fixture writers of tests/data
+(official dataset layouts) are importable everywhere, and the `gpu` tier is skipped on machines without CUDA."""
 
 import sys
 from pathlib import Path
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "data"))
+_HERE = Path(__file__).parent
+sys.path[:0] = [str(_HERE / "data"), str(_HERE)]  # dataset_layouts, tiny_runs
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,33 +2,23 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_runs import picie_scenes, quiet_trainer
 
 from pixcontrast.callbacks import FreshClusterEvaluation, KMeansRefresh, LinearProbe
 from pixcontrast.cluster import KMeans
-from pixcontrast.data import PiCIEDataModule, SyntheticScenesDataModule
+from pixcontrast.data import PiCIEDataModule
 from pixcontrast.metrics import HungarianMatchedSegmentation
 from pixcontrast.modules import FrozenEncoder, PiCIE
 
 
 def picie_data(num_classes: int = 4, num_train: int = 8) -> PiCIEDataModule:
-    inner = SyntheticScenesDataModule(
-        num_classes=num_classes, image_size=32, num_train=num_train, num_val=4, num_test=4, batch_size=4
-    )
-    return PiCIEDataModule(inner, view_size=32, input_size=32, eval_size=32)
+    """32 px scenes in PiCIE's views: ``num_train`` training, 4 validation and 4 test images, batches of 4."""
+    return picie_scenes(32, num_classes=num_classes, num_train=num_train, num_val=4, num_test=4, batch_size=4)
 
 
-def trainer(tmp_path, callbacks, max_epochs: int = 1) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-    )
+def trainer(tmp_path, callbacks) -> L.Trainer:
+    """One epoch on the CPU with ``callbacks``."""
+    return quiet_trainer(tmp_path, max_epochs=1, callbacks=callbacks)
 
 
 def training_features(model: PiCIE, data: PiCIEDataModule) -> torch.Tensor:

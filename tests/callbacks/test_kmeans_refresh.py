@@ -1,6 +1,7 @@
 import lightning.pytorch as pl
 import pytest
 import torch
+from tiny_runs import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from pixcontrast.callbacks.kmeans import KMeansRefresh
@@ -44,22 +45,14 @@ class ToyModule(pl.LightningModule):
 
 
 def trainer(tmp_path, callback, max_epochs=2, **kwargs) -> pl.Trainer:
+    """``max_epochs`` on the CPU with ``callback`` (or ``kwargs["callbacks"]``), without checkpoints unless asked."""
     kwargs.setdefault("callbacks", [callback])
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
+    return quiet_trainer(tmp_path, max_epochs=max_epochs, **kwargs)
 
 
 def test_refreshes_every_epoch_and_logs(tmp_path):
     module = ToyModule()
-    trainer(tmp_path, KMeansRefresh(metric="euclidean"), enable_checkpointing=False).fit(module)
+    trainer(tmp_path, KMeansRefresh(metric="euclidean")).fit(module)
     assert [epoch for epoch, _ in module.received] == [0, 1]
     centroids = module.received[-1][1]
     assert centroids["a"].shape == (3, 3) and centroids["b"].shape == (2, 2)
@@ -107,7 +100,7 @@ class SetMode(pl.Callback):
 def test_modules_with_mode_hooks_set_and_restore_the_mode_themselves(tmp_path, training):
     def fit(module: ModeHooksModule) -> None:
         callbacks = [SetMode(training), KMeansRefresh(metric="euclidean", progress_bar=False)]
-        trainer(tmp_path, None, max_epochs=1, enable_checkpointing=False, callbacks=callbacks).fit(module)
+        trainer(tmp_path, None, max_epochs=1, callbacks=callbacks).fit(module)
 
     module = ModeHooksModule()
     fit(module)
@@ -123,7 +116,7 @@ def test_modules_with_mode_hooks_set_and_restore_the_mode_themselves(tmp_path, t
 def test_modules_without_mode_hooks_are_collected_in_eval_mode_and_restored(tmp_path, training):
     module = ToyModule()
     callbacks = [SetMode(training), KMeansRefresh(metric="euclidean", progress_bar=False)]
-    trainer(tmp_path, None, max_epochs=1, enable_checkpointing=False, callbacks=callbacks).fit(module)
+    trainer(tmp_path, None, max_epochs=1, callbacks=callbacks).fit(module)
     assert module.collect_modes == [False] * 4 and module.training == training
 
 
@@ -133,7 +126,7 @@ def test_modules_with_the_optional_hook_receive_the_cluster_sizes(tmp_path):
             self.sizes = sizes
 
     module = SizedModule()
-    trainer(tmp_path, KMeansRefresh(metric="euclidean"), max_epochs=1, enable_checkpointing=False).fit(module)
+    trainer(tmp_path, KMeansRefresh(metric="euclidean"), max_epochs=1).fit(module)
     assert set(module.sizes) == {"a", "b"} and module.sizes["a"].shape == (3,) and module.sizes["b"].shape == (2,)
     assert module.sizes["a"].sum().item() == 64 and module.sizes["b"].sum().item() == 64  # every collected point
 
@@ -141,7 +134,7 @@ def test_modules_with_the_optional_hook_receive_the_cluster_sizes(tmp_path):
 def test_every_n_epochs_and_bounds(tmp_path):
     module = ToyModule(named=False)
     callback = KMeansRefresh(every_n_epochs=2, max_batches=2, max_points=20, progress_bar=False)
-    trainer(tmp_path, callback, max_epochs=3, enable_checkpointing=False).fit(module)
+    trainer(tmp_path, callback, max_epochs=3).fit(module)
     assert [epoch for epoch, _ in module.received] == [0, 2]
     assert isinstance(module.received[0][1], torch.Tensor) and module.received[0][1].shape == (3, 3)
     assert module.trainer.callback_metrics["kmeans/points_features"] == 20  # 32 points seen, 20 kept
@@ -149,14 +142,15 @@ def test_every_n_epochs_and_bounds(tmp_path):
 
 def test_checkpoint_keeps_progress_not_centroids(tmp_path):
     """The module owns the centroids; the callback's checkpoint state is the last refreshed epoch only."""
-    run = trainer(tmp_path / "first", KMeansRefresh(every_n_epochs=5), max_epochs=1)
+    run = trainer(tmp_path / "first", KMeansRefresh(every_n_epochs=5), max_epochs=1, enable_checkpointing=True)
     run.fit(ToyModule())
     checkpoint = run.checkpoint_callback.best_model_path
     states = torch.load(checkpoint, weights_only=False)["callbacks"]
     assert [state for key, state in states.items() if key.startswith("KMeansRefresh")] == [{"refreshed_epoch": 0}]
 
     resumed = ToyModule()
-    trainer(tmp_path / "resumed", KMeansRefresh(every_n_epochs=5), max_epochs=2).fit(resumed, ckpt_path=checkpoint)
+    run = trainer(tmp_path / "resumed", KMeansRefresh(every_n_epochs=5), max_epochs=2, enable_checkpointing=True)
+    run.fit(resumed, ckpt_path=checkpoint)
     assert resumed.received == []  # epoch 1 is no refresh epoch and nothing is handed over: the module kept them
 
 
@@ -165,7 +159,7 @@ def test_an_epoch_already_refreshed_is_not_refreshed_again(tmp_path):
     callback = KMeansRefresh()
     callback.load_state_dict({"refreshed_epoch": 0})
     module = ToyModule()
-    trainer(tmp_path, callback, max_epochs=2, enable_checkpointing=False).fit(module)
+    trainer(tmp_path, callback, max_epochs=2).fit(module)
     assert [epoch for epoch, _ in module.received] == [1]
     assert callback.state_dict() == {"refreshed_epoch": 1}
 
@@ -175,14 +169,14 @@ def test_errors(tmp_path):
         set_centroids = None
 
     with pytest.raises(RuntimeError, match="set_centroids"):
-        trainer(tmp_path, KMeansRefresh(), enable_checkpointing=False).fit(NoHooks())
+        trainer(tmp_path, KMeansRefresh()).fit(NoHooks())
 
     class WrongKeys(ToyModule):
         def cluster_counts(self):
             return {"a": 3, "c": 2}
 
     with pytest.raises(ValueError, match="'c'"):
-        trainer(tmp_path, KMeansRefresh(), enable_checkpointing=False).fit(WrongKeys())
+        trainer(tmp_path, KMeansRefresh()).fit(WrongKeys())
     with pytest.raises(ValueError, match="max_points"):
         KMeansRefresh(max_points=0)
     with pytest.raises(ValueError, match="metric"):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import quiet_trainer
 from torch.utils.data import DataLoader
 
 from pixcontrast.callbacks.prediction_writer import SegmentationPredictionWriter
@@ -53,14 +54,7 @@ class _ToyData(L.LightningDataModule):
 
 def _predict(tmp_path, module, datamodule, **writer_kwargs):
     writer = SegmentationPredictionWriter(tmp_path / "out", **writer_kwargs)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[writer],
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, callbacks=[writer])
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
     return tmp_path / "out"
 

@@ -2,6 +2,7 @@ import importlib.util
 import os
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
+from tiny_runs import quiet_trainer
 
 from pixcontrast.callbacks.visualization import SegmentationVisualizer, confusion_counts
 from pixcontrast.data.base import denormalize_image
@@ -69,20 +71,26 @@ def _datamodule(**kwargs) -> SyntheticScenesDataModule:
     return SyntheticScenesDataModule(**{**options, **kwargs})
 
 
-def _fit(tmp_path, callback, module=None, max_epochs: int = 1) -> ToySegmenter:
+def _fit(
+    tmp_path,
+    callback,
+    module=None,
+    max_epochs: int = 1,
+    tensorboard: bool = True,
+    num_sanity_val_steps: int = 1,
+    **options: Any,
+) -> ToySegmenter:
+    """Fit ``module`` (a new ToySegmenter) on one training and one validation batch an epoch with ``callback``,
+    logging to TensorBoard under ``tmp_path`` if asked; ``options``: further Trainer arguments."""
     module = module or ToySegmenter()
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=TensorBoardLogger(str(tmp_path), name="run"),
+        logger=TensorBoardLogger(str(tmp_path), name="run") if tensorboard else False,
         callbacks=[callback],
         limit_train_batches=1,
         limit_val_batches=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=1,
+        num_sanity_val_steps=num_sanity_val_steps,
+        **options,
     )
     trainer.fit(module, datamodule=_datamodule())
     return module
@@ -220,21 +228,8 @@ def test_ddp_two_processes_only_rank_zero_writes(tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
     callback = MarkingVisualizer(num_images=2, sample_images=2, output_dir=str(markers))
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        logger=False,
-        callbacks=[callback],
-        limit_train_batches=1,
-        limit_val_batches=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(ToySegmenter(marker_dir=str(markers)), datamodule=_datamodule())
+    module = ToySegmenter(marker_dir=str(markers))
+    _fit(tmp_path, callback, module, tensorboard=False, num_sanity_val_steps=0, devices=2, strategy="ddp_spawn")
     names = sorted(os.listdir(markers))
     assert {"hook_rank0", "hook_rank1", "write_rank0"} <= set(names) and "write_rank1" not in names
     assert "segmentation_grid_epoch000.png" in names
