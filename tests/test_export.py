@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from tiny_runs import quiet_trainer
 from torch.utils.data import DataLoader
 
 from pixcontrast.export import export_model, load_inference_network_from_checkpoint
@@ -86,15 +87,7 @@ class _ToyModule(L.LightningModule):
 def test_load_inference_network_from_lightning_checkpoint(tmp_path, images):
     torch.manual_seed(0)
     module = _ToyModule(3, TINY, "aspp", aux_head=True, head_channels=8)
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     trainer.fit(module, DataLoader(torch.randn(2, 3, 32, 32), batch_size=2))
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)

@@ -7,11 +7,11 @@ import warnings
 from pathlib import Path
 
 import cv2
-import lightning as L
 import numpy as np
 import pytest
 import torch
 from dataset_layouts import FOLDER_PALETTE, HEIGHT, WIDTH, make_folder, write_png_label
+from tiny_runs import quiet_trainer
 
 from pixcontrast.data import FolderSegmentationDataModule
 from pixcontrast.data.folder import hash_split, list_images
@@ -145,14 +145,7 @@ def test_unlabelled_training_images_with_labelled_validation_folders(tmp_path: P
 def test_supervised_module_on_unlabelled_data_fails_at_setup(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "photos", count=4, masks=False)
     datamodule = FolderSegmentationDataModule(str(root), class_names=NAMES, batch_size=2, crop_size=(16, 16))
-    trainer = L.Trainer(
-        accelerator="cpu",
-        fast_dev_run=True,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, fast_dev_run=True)
     model = SegmentationModule(num_classes=3, encoder="resnet18", head_channels=8)
     with pytest.raises(ValueError, match=r"SegmentationModule is supervised.*has no labels.*PiCIE"):
         trainer.fit(model, datamodule=datamodule)

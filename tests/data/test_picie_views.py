@@ -1,11 +1,11 @@
 from types import SimpleNamespace
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from tiny_runs import quiet_trainer
 from torch.utils.data import DataLoader, RandomSampler, default_collate
 
 from pixcontrast.callbacks import KMeansRefresh
@@ -257,17 +257,7 @@ class ViewsSeen(PiCIE):
 def test_the_clustering_and_training_passes_of_an_epoch_see_the_same_views(tmp_path):
     datamodule = PiCIEDataModule(TinyDataModule(batch_size=2, num_workers=0), view_size=32, input_size=32)
     model = ViewsSeen()
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        callbacks=[KMeansRefresh(progress_bar=False)],
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=0, callbacks=[KMeansRefresh(progress_bar=False)])
     trainer.fit(model, datamodule=datamodule)
     for epoch in (0, 1):
         cluster, train = model.seen[(epoch, "cluster")], model.seen[(epoch, "train")]

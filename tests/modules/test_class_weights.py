@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_runs import quiet_trainer
 from torch.utils.data import DataLoader, Dataset
 
 from pixcontrast.modules import ContrastiveSegmenter, SegmentationModule
@@ -111,15 +111,7 @@ class _Batches(Dataset):
 def test_checkpoint_round_trip_keeps_the_weights(tmp_path) -> None:
     module = _module(class_weights=WEIGHTS, aux_head=True)
     loader = DataLoader(_Batches(), batch_size=2)
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     trainer.fit(module, loader, loader)
     trainer.save_checkpoint(tmp_path / "run.ckpt")
     assert torch.equal(

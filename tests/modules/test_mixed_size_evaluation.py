@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from dataset_layouts import make_cityscapes, make_coco_stuff, make_folder, make_pascal_context
 from PIL import Image
+from tiny_runs import quiet_trainer
 
 from pixcontrast.callbacks import SegmentationPredictionWriter, SegmentationVisualizer
 from pixcontrast.data import (
@@ -60,9 +61,7 @@ def _evaluate(module, datamodule, out: Path, pictures: bool) -> tuple[dict[str, 
         callbacks.append(
             SegmentationVisualizer(num_images=5, sample_images=5, embeddings=False, output_dir=str(out / "pictures"))
         )
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks
-    )
+    trainer = quiet_trainer(callbacks=callbacks)
     trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics = {key: value.clone() for key, value in trainer.callback_metrics.items() if key != "val/loss"}
     trainer.predict(module, datamodule=datamodule, return_predictions=False)

@@ -5,12 +5,11 @@ The fixture and how it was written: ``tests/fixtures/picie_0_1.md``.
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
+from tiny_runs import picie_scenes, quiet_trainer
 
 from pixcontrast.callbacks import KMeansRefresh
-from pixcontrast.data import PiCIEDataModule, SyntheticScenesDataModule
 from pixcontrast.modules import PiCIE
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "picie_0_1.ckpt"
@@ -45,25 +44,10 @@ def test_load_from_checkpoint_maps_the_old_cluster_state_to_the_heads(old_state)
 
 def test_a_run_resumes_from_an_old_checkpoint(tmp_path, old_state):
     """``fit(ckpt_path=...)`` (the command's ``--ckpt_path``) restores the old state and trains on from it."""
-    data = PiCIEDataModule(
-        SyntheticScenesDataModule(num_classes=4, image_size=32, num_train=4, num_val=2, batch_size=2),
-        view_size=32,
-        input_size=32,
-        eval_size=32,
-    )
+    data = picie_scenes(32, num_classes=4, num_train=4, num_val=2, batch_size=2)
     model = PiCIE(**torch.load(FIXTURE, map_location="cpu", weights_only=False)["hyper_parameters"])
-    trainer = L.Trainer(
-        max_epochs=2,
-        limit_train_batches=1,
-        limit_val_batches=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[KMeansRefresh(every_n_epochs=5, max_batches=1, progress_bar=False)],  # epoch 1: no refresh
-    )
+    refresh = KMeansRefresh(every_n_epochs=5, max_batches=1, progress_bar=False)  # epoch 1: no refresh
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=1, limit_val_batches=1, callbacks=[refresh])
     trainer.fit(model, datamodule=data, ckpt_path=FIXTURE)
     assert trainer.global_step == 2  # one step in the checkpoint, one after the resume
     heads = {name: head for name, _, head in model.feature_sets()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from tiny_runs import quiet_trainer
 from torch.utils.data import DataLoader, Dataset
 
 from pixcontrast.modules import SegmentationModule
@@ -81,15 +82,8 @@ def test_masked_cross_entropy_without_labelled_pixels_is_zero_not_nan():
 def test_fit_checkpoint_round_trip_and_metrics(tmp_path):
     module = small_module(class_names=["a", "b", "c"])
     loader = DataLoader(RepeatedBatch(), batch_size=2)
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        max_steps=3,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)],
-    )
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = quiet_trainer(tmp_path, max_steps=3, enable_checkpointing=True, callbacks=[checkpoint])
     trainer.fit(module, loader, loader)
     assert {"val/miou", "val/pixel_accuracy", "val/iou_a", "val/loss"} <= set(trainer.callback_metrics)
     restored = SegmentationModule.load_from_checkpoint(tmp_path / "last.ckpt")
