@@ -18,6 +18,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_runs import quiet_trainer
 
 from pixcontrast.callbacks import KMeansRefresh
 from pixcontrast.cluster import KMeans
@@ -53,17 +54,8 @@ def _synthetic(batch_size: int = 4, **kwargs) -> SyntheticScenesDataModule:
 
 
 def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    options = dict(
-        accelerator="gpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(**{**options, **kwargs})
+    """One GPU, no sanity check, nothing written but what the test asks for; ``kwargs``: further Trainer arguments."""
+    return quiet_trainer(tmp_path, **{"accelerator": "gpu", "num_sanity_val_steps": 0, **kwargs})
 
 
 def _assert_finite_metrics(trainer: L.Trainer, prefix: str) -> None:
