@@ -182,3 +182,15 @@ def test_pretraining_hands_its_encoder_to_the_picie_demo(tmp_path):
     encoder = cli.model.network.encoder.model.state_dict()
     prefix = "model.network.encoder.model."
     assert all(torch.equal(value, state[prefix + key]) for key, value in encoder.items())
+
+
+@pytest.mark.slow
+def test_picie_paper_config_tests_with_the_last_and_fresh_clusters(tmp_path):
+    """cityscapes27_picie's test stage logs the last epoch's score and the official fresh-cluster score."""
+    config_path = CONFIG_DIR / "cityscapes27_picie.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    cli = run_lightning(["fit", "--config", str(config_path), *overrides(config, tmp_path)])
+    cli.trainer.test(cli.model, datamodule=cli.datamodule)
+    metrics = cli.trainer.callback_metrics
+    assert 0.0 <= float(metrics["test/miou"]) <= 1.0 and 0.0 <= float(metrics["test/fresh_miou"]) <= 1.0
+    assert "val/fresh_miou" not in metrics  # stages: [test]; validation keeps the last centroids only
