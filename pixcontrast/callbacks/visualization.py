@@ -81,6 +81,18 @@ class SegmentationVisualizer(L.Callback):
     validation batch size, and embeddings are sampled per image, so the pictures do not depend on the batch
     size; in the grid, images of different sizes are padded (bottom/right, unlabelled) to the largest. Needs a
     datamodule with ``class_names`` and ``palette`` (all pixcontrast datamodules).
+
+    Args:
+        num_images: rows of the grid (the first images of the fixed set).
+        every_n_epochs: draw every this many validation epochs.
+        grid: draw the image / ground truth / prediction / error grid.
+        embeddings: draw the 2-D projection of pixel embeddings.
+        confusion_matrix: draw the row-normalised confusion matrix.
+        max_points_per_class: most embeddings projected per class (or cluster).
+        sample_images: size of the fixed set of validation images.
+        projection: ``"pca"``, ``"tsne"`` (scikit-learn) or ``"umap"`` (umap-learn).
+        output_dir: folder of the PNG files; None: ``<trainer.log_dir>/visualizations``.
+        seed: seed of the embedding sampling and of the t-SNE / UMAP projections.
     """
 
     def __init__(

@@ -146,6 +146,15 @@ class SegmentationDataModule(L.LightningDataModule):
 
     Subclasses set ``class_names`` (or override the property) and implement :meth:`build_dataset`.
     ``predict`` uses the validation split.
+
+    Args:
+        batch_size: images per training batch (per device under DDP).
+        num_workers: loader worker processes; 0 loads in the main process.
+        pin_memory: pin host memory for faster copies to the GPU.
+        persistent_workers: keep the workers alive between epochs (with ``num_workers > 0``).
+        drop_last: drop the last incomplete training batch (batch-norm and the contrast term prefer full ones).
+        eval_batch_size: images per validation/test/predict batch (padded when sizes differ); None:
+            ``batch_size``.
     """
 
     ignore_index: int = IGNORE_INDEX

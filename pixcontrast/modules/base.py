@@ -85,6 +85,33 @@ class SegmentationModule(StageEvaluation, L.LightningModule):
     with the module and are saved in its checkpoints. ``None`` (default) is the unweighted mean.
     Every ``check_finite_every_n_steps`` steps (0: never) the loss terms are checked for NaN/inf, one host sync
     per check; a bad step raises ``FloatingPointError`` naming the step and the offending terms.
+
+    Args:
+        num_classes: K, the classes scored (from the datamodule when run by the command).
+        encoder: a timm model name (e.g. ``hrnet_w48.ms_in1k``, ``resnet101.tv_in1k``, ``vit_small_patch8_224.dino``).
+        head: decode head: ``fcn``, ``aspp`` (DeepLabV3) or ``ocr`` (OCRNet, with its region head).
+        aux_head: add the training-only FCN auxiliary head on the encoder's auxiliary map.
+        aux_weight: weight of the auxiliary cross-entropy (the papers: 0.4).
+        output_stride: the encoder's output stride (8, 16, 32); None: 8 where timm can dilate the model
+            (ResNets, ConvNeXt), else the model's own (:class:`~pixcontrast.models.TimmEncoder`).
+        head_channels: width of the decode and auxiliary heads.
+        dropout: dropout before the classifiers.
+        pretrained: start the encoder from timm's pretrained weights (Hugging Face cache, else downloaded once).
+        weights_path: a local checkpoint for the encoder instead (offline use; with ``pretrained=False``).
+        ignore_index: label of unlabelled pixels.
+        class_weights: K positive per-class cross-entropy weights; None: unweighted.
+        optimizer: ``sgd`` (momentum, poly decay) or ``adamw`` (poly decay).
+        lr: base learning rate.
+        momentum: SGD momentum.
+        weight_decay: weight decay of every parameter (decoupled for AdamW).
+        poly_power: exponent of the per-step poly decay ``(1 - step / total) ** poly_power``.
+        eval_mode: ``whole``, ``slide`` or ``multiscale`` evaluation.
+        eval_crop_size: ``slide``: window (H, W).
+        eval_stride: ``slide``: window stride (H, W); default the window (no overlap).
+        eval_scales: ``multiscale``: image scales whose logits are averaged.
+        eval_flip: ``multiscale``: also average each scale's horizontal flip.
+        class_names: K names for logs and pictures (from the datamodule when run by the command).
+        check_finite_every_n_steps: check the loss terms for NaN/inf every this many steps; 0: never.
     """
 
     class_weights: Tensor | None
