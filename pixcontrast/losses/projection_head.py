@@ -17,6 +17,10 @@ class ProjectionHead(nn.Module):
     ``forward(features B x C_in x h x w) -> embeddings B x proj_dim x h x w`` with unit norm per pixel.
     :meth:`project_pixels` applies the same function to selected pixels only. Plain ``nn.BatchNorm2d``, so
     ``nn.SyncBatchNorm.convert_sync_batchnorm`` converts it.
+
+    Args:
+        in_channels: ``C_in``, channels of the features projected.
+        proj_dim: size of the embeddings.
     """
 
     def __init__(self, in_channels: int, proj_dim: int = 256) -> None:

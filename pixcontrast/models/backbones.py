@@ -102,6 +102,13 @@ class TimmEncoder(Encoder):
     clearly where timm cannot. ``dilate=False`` never dilates (PiCIE's FPN reads the undilated pyramid).
     Channels-last features (Swin) are returned channels-first. The decode head reads the last map (ResNet:
     layer4), the auxiliary head the one before (ResNet: layer3).
+
+    Args:
+        name: a timm model name.
+        output_stride: 8, 16 or 32; None: 8 where timm can dilate the model, else its own stride.
+        pretrained: start from timm's pretrained weights.
+        weights_path: a local checkpoint of the encoder to load instead (offline use).
+        dilate: allow dilation; False keeps the undilated pyramid.
     """
 
     def __init__(
@@ -168,6 +175,11 @@ class HRNetV2Encoder(Encoder):
     (HRNet-W48: 48 + 96 + 192 + 384 = 720 channels at stride 4). The stride is fixed by the architecture.
     HRNet's fusion needs sizes divisible by 32: other sizes (e.g. 520 x 520 crops, whole PASCAL images) are
     zero-padded at the bottom/right and each branch is cropped back to ``ceil(size / reduction)``.
+
+    Args:
+        name: a timm HRNet name (``hrnet_w18_small``, ``hrnet_w48.ms_in1k``, ...).
+        pretrained: start from timm's pretrained weights.
+        weights_path: a local checkpoint of the encoder to load instead (offline use).
     """
 
     def __init__(self, name: str, pretrained: bool = False, weights_path: str | Path | None = None) -> None:

@@ -34,6 +34,12 @@ class FCNHead(nn.Module):
     """3x3 conv-BN-ReLU -> dropout -> 1x1 classifier; also the auxiliary head.
 
     ``forward(features B x C_in x h x w) -> logits B x num_classes x h x w``.
+
+    Args:
+        in_channels: channels of the features read.
+        num_classes: K, the logits' channels.
+        channels: width of the 3x3 conv.
+        dropout: dropout before the classifier.
     """
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1) -> None:
@@ -57,6 +63,13 @@ class ASPPHead(nn.Module):
     The image pooling branch is global average pooling -> 1x1 conv (with bias) -> ReLU, without a norm:
     a BatchNorm over a 1 x 1 map fails in training with batch size 1.
     ``forward(features B x C_in x h x w) -> logits B x num_classes x h x w``.
+
+    Args:
+        in_channels: channels of the features read.
+        num_classes: K, the logits' channels.
+        channels: width of the branches, the projection and the 3x3 bottleneck.
+        rates: dilations of the three 3x3 branches (:func:`aspp_rates` scales them to the stride).
+        dropout: dropout before the classifier.
     """
 
     def __init__(
@@ -121,6 +134,13 @@ class OCRHead(nn.Module):
 
     ``forward(features B x C_in x h x w, region_logits B x K x h' x w') -> logits B x K x h x w``
     (region logits are resized to h x w).
+
+    Args:
+        in_channels: channels of the features read.
+        num_classes: K, the logits' channels and the object regions (at least 2).
+        channels: width of the pixel and object representations.
+        key_channels: width of the attention's queries and keys.
+        dropout: dropout before the classifier.
     """
 
     def __init__(
