@@ -1,25 +1,41 @@
 """PiCIE side by side: the official training procedure vs ours, on the same embedded data, with ablations.
 
     pixcontrast fit --config synthetic_pretrain        # once: the pretrained encoder
-    python benchmarks/compare_picie_official.py --official /path/to/PiCIE [--seeds 0 1 2]
+    python benchmarks/compare_picie_official.py --official /path/to/PiCIE [--seeds 0 1 2] [--variants ours]
 
 ``--official`` is a checkout of https://github.com/janghyuncho/PiCIE. Nothing of it is part of this project: it is
 imported from that path at run time and its own functions run the official procedure (``run_mini_batch_kmeans``:
 faiss k-means on the first batches, then mini-batch updates; ``compute_labels``: a labelling pass in eval mode
 that writes the labels to files, here in a temporary folder; ``initialize_classifier`` + ``freeze_all``: frozen
 1x1-convolution heads with the raw centroids; its frequency weights in ``CrossEntropyLoss``; ``train``: the
-within/across-view loss and the optimiser steps). Its CUDA calls run on the CPU: ``Tensor.cuda`` and
-``Module.cuda`` become no-ops and faiss's GPU index becomes faiss-cpu's ``IndexFlatL2`` while it runs. Two imports
-that newer libraries removed (``sklearn.utils.linear_assignment_``, ``torchvision.models.utils``) are provided
-from scipy and torch.hub. Its COCO loaders are replaced by an adapter over our two-view data: the same images,
-the same views (``G(P1 x)``, ``P2 x`` and ``G`` on the features, per epoch), the same val crops.
+within/across-view loss and the optimiser steps; ``evaluate``). Its CUDA calls run on the CPU: ``Tensor.cuda``
+and ``Module.cuda`` become no-ops and faiss's GPU index becomes faiss-cpu's ``IndexFlatL2`` while it runs. Two
+imports that newer libraries removed (``sklearn.utils.linear_assignment_``, ``torchvision.models.utils``) are
+provided from scipy and torch.hub. Its COCO loaders are replaced by adapters over our data: the same images, the
+same views (``G(P1 x)``, ``P2 x`` and ``G`` on the features, per epoch), the same center crops.
+
+The official k-means runs with the settings of its training scripts (``sh_files/train_picie.sh``; the Cityscapes
+script has the same), scaled to the data: cluster batches twice the training batch (256 vs 128), faiss k-means
+(20 iterations) on the same fraction of an epoch's cluster batches as the script's 20 of COCO-Stuff's 194 (at
+least one batch), then one mini-batch centroid update per later batch. The JSON line prints the scaled values.
 
 Both sides start from the same network (PiCIE's ResNet-18 + FPN, the pretrained encoder of
-``synthetic_picie.yaml``, the FPN drawn from the seed), train the config's epochs with its optimiser, batch size
-and K, and are scored by the same Hungarian matching on the val set (the official run is also scored by its own
-``evaluate``). Our module runs with its defaults and with each of the official choices switched on alone
-(``label_source: epoch``, ``class_weights: official``, ``logits: dot`` with ``temperature: 1`` and Euclidean
-k-means), and with all three. Variants are interleaved per seed; the JSON line gives the median over seeds.
+``synthetic_picie.yaml``, the FPN drawn from the seed), train the config's epochs with its optimiser, training
+batch size and K, and are scored by the same Hungarian matching on the val set (the official run also by its own
+``evaluate``), in two evaluations after the last epoch:
+
+- **last centroids**: the official run's view-1 head of its last epoch; our module's own val metrics;
+- **fresh clusters**: k-means fitted afresh on the trained network's features of the training images through
+  the evaluation transform (center crops, no labels), its centroids as a frozen head on the val crops. The
+  official run: its own "Evaluate with fresh clusters" (``run_mini_batch_kmeans`` with ``view=-1`` over the
+  shuffled crops in cluster batches, the settings above, ``--repeats 1``); ours: the
+  :class:`~pixcontrast.callbacks.FreshClusterEvaluation` callback in the same run (``val/fresh_miou``).
+
+Our run validates once, after its last epoch (``check_val_every_n_epoch`` = the epochs), where both evaluations
+run; the official run is evaluated once too. Our module runs with its defaults (``ours``) and, as ablations, with
+each of the official choices switched on alone (``label_source: epoch``, ``class_weights: official``,
+``logits: dot`` with ``temperature: 1`` and Euclidean k-means), and with all three. Variants are interleaved per
+seed; the JSON line gives the medians over seeds and the per-seed values.
 """
 
 from __future__ import annotations
@@ -30,6 +46,7 @@ import copy
 import importlib
 import json
 import logging
+import math
 import os
 import statistics
 import sys
@@ -65,6 +82,15 @@ VARIANTS = {
     "ours + dot logits, raw centroids": OFFICIAL_LOGITS,
     "ours + all three official choices": {**OFFICIAL_LABELS, **OFFICIAL_WEIGHTS, **OFFICIAL_LOGITS},
 }
+
+# The official k-means settings: sh_files/train_picie.sh of janghyuncho/PiCIE (train_picie_cityscapes.sh: the same).
+OFFICIAL_SCRIPT = "sh_files/train_picie.sh"
+OFFICIAL_BATCH_SIZE_CLUSTER = 256  # bsize -> --batch_size_cluster
+OFFICIAL_BATCH_SIZE_TRAIN = 128  # --batch_size_train: train_picie.py's default, the script leaves it
+OFFICIAL_KM_INIT = 20  # KM_INIT -> --num_init_batches: cluster batches of the initial faiss k-means
+OFFICIAL_KM_NUM = 1  # KM_NUM -> --num_batches: cluster batches per mini-batch centroid update after it
+OFFICIAL_KM_ITER = 20  # KM_ITER -> --kmeans_n_iter: faiss k-means iterations
+OFFICIAL_TRAIN_IMAGES = 49_629  # COCO-Stuff curated train: curated/train2017/Coco164kFull_Stuff_Coarse_7.txt
 
 
 # ------------------------------------------------------------------------------------ the official code
@@ -191,8 +217,58 @@ class OfficialEval(Dataset):
         return index, item["image"], item["mask"]
 
 
-def run_official(official: types.SimpleNamespace, config: dict, seed: int, batch_groups: int) -> dict:
-    """The official per-epoch procedure with its own functions on our data; val metrics of view 1's head."""
+def official_kmeans_settings(num_train: int, batch_size: int) -> dict[str, int]:
+    """The official k-means settings scaled to ``num_train`` training images and training batches of
+    ``batch_size``: cluster batches in the official ratio to the training batch, the initial k-means on the same
+    fraction of an epoch's cluster batches (at least one), the official update period and iterations."""
+    batch_size_cluster = batch_size * OFFICIAL_BATCH_SIZE_CLUSTER // OFFICIAL_BATCH_SIZE_TRAIN
+    official_batches = math.ceil(OFFICIAL_TRAIN_IMAGES / OFFICIAL_BATCH_SIZE_CLUSTER)
+    cluster_batches = math.ceil(num_train / batch_size_cluster)
+    return {
+        "batch_size_cluster": batch_size_cluster,
+        "batch_size_train": batch_size,
+        "cluster_batches": cluster_batches,
+        "num_init_batches": max(1, round(OFFICIAL_KM_INIT * cluster_batches / official_batches)),
+        "num_batches": OFFICIAL_KM_NUM,
+        "kmeans_n_iter": OFFICIAL_KM_ITER,
+    }
+
+
+def official_settings_record(settings: dict[str, int]) -> dict:
+    """The official script's values next to the scaled ones, for the JSON line."""
+    return {
+        "source": f"janghyuncho/PiCIE {OFFICIAL_SCRIPT}",
+        "official": {
+            "batch_size_cluster": OFFICIAL_BATCH_SIZE_CLUSTER,
+            "batch_size_train": OFFICIAL_BATCH_SIZE_TRAIN,
+            "cluster_batches": math.ceil(OFFICIAL_TRAIN_IMAGES / OFFICIAL_BATCH_SIZE_CLUSTER),
+            "num_init_batches": OFFICIAL_KM_INIT,
+            "num_batches": OFFICIAL_KM_NUM,
+            "kmeans_n_iter": OFFICIAL_KM_ITER,
+        },
+        "scaled": settings,
+    }
+
+
+class OfficialTrainCrops(Dataset):
+    """The training images through the evaluation transform (the dataset of our ``train_eval_dataloader()``,
+    which our fresh-cluster evaluation clusters), without labels, as the official ``eval_val`` items ``(index,
+    image, None)``; ``view`` is set by the official ``run_mini_batch_kmeans``."""
+
+    def __init__(self, datamodule: PiCIEDataModule) -> None:
+        self.dataset = datamodule.train_eval_dataloader().dataset
+        self.view = -1
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple:
+        return index, self.dataset[index]["image"], None
+
+
+def run_official(official: types.SimpleNamespace, config: dict, seed: int, settings: dict[str, int]) -> dict:
+    """The official procedure with its own functions on our data, k-means with ``settings``
+    (:func:`official_kmeans_settings`); val metrics of view 1's last head and of fresh clusters (``fresh_*``)."""
     model_args = config["model"]["init_args"]
     inner = config["data"]["init_args"]["datamodule"]["init_args"]
     epochs = config["trainer"]["max_epochs"]
@@ -207,9 +283,9 @@ def run_official(official: types.SimpleNamespace, config: dict, seed: int, batch
             K_test=inner["num_classes"],
             metric_train="cosine",
             metric_test="cosine",
-            kmeans_n_iter=30,
-            num_init_batches=batch_groups,
-            num_batches=batch_groups,
+            kmeans_n_iter=settings["kmeans_n_iter"],
+            num_init_batches=settings["num_init_batches"],
+            num_batches=settings["num_batches"],
             equiv=True,
             no_balance=False,
             mse=False,
@@ -224,10 +300,10 @@ def run_official(official: types.SimpleNamespace, config: dict, seed: int, batch
         )
         optimizer = torch.optim.Adam(model.parameters(), lr=model_args["lr"])
         dataset = OfficialViews(datamodule, Path(label_dir))
-        batch_size = inner["batch_size"]
-        cluster_loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=commons.collate_train)
-        train_loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=commons.collate_train)
-        eval_loader = DataLoader(OfficialEval(datamodule), batch_size=batch_size, collate_fn=commons.collate_eval)
+        cluster_size, train_size = settings["batch_size_cluster"], settings["batch_size_train"]
+        cluster_loader = DataLoader(dataset, batch_size=cluster_size, shuffle=False, collate_fn=commons.collate_train)
+        train_loader = DataLoader(dataset, batch_size=train_size, shuffle=True, collate_fn=commons.collate_train)
+        eval_loader = DataLoader(OfficialEval(datamodule), batch_size=train_size, collate_fn=commons.collate_eval)
         for epoch in range(epochs):
             dataset.set_epoch(epoch)
             dataset.mode = "compute"
@@ -245,32 +321,57 @@ def run_official(official: types.SimpleNamespace, config: dict, seed: int, batch
             official.train_picie.train(
                 args, logger, train_loader, model, classifier1, classifier2, criterion1, criterion2, optimizer, epoch
             )
-        own_accuracy, own_result = commons.evaluate(args, logger, eval_loader, classifier1, model)
-        model.eval()
 
-        @torch.no_grad()
-        def label(images: torch.Tensor) -> torch.Tensor:
-            logits = classifier1(F.normalize(model(images), dim=1))
-            return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+        def scored(classifier: nn.Module, prefix: str) -> dict:
+            """The head on the val crops: our Hungarian scorer and the official ``evaluate`` (eval mode)."""
+            own_accuracy, own_result = commons.evaluate(args, logger, eval_loader, classifier, model)
 
-        metrics = score(datamodule, args.K_train, label)
-    metrics.update(official_scorer_miou=own_result["mean_iou"] / 100, official_scorer_pixel_accuracy=own_accuracy / 100)
+            @torch.no_grad()
+            def label(images: torch.Tensor) -> torch.Tensor:
+                logits = classifier(F.normalize(model(images), dim=1))
+                return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+
+            return {
+                **{prefix + key: value for key, value in score(datamodule, args.K_train, label).items()},
+                f"official_scorer_{prefix}miou": own_result["mean_iou"] / 100,
+                f"official_scorer_{prefix}pixel_accuracy": own_accuracy / 100,
+            }
+
+        metrics = scored(classifier1, "")
+        # "Evaluate with fresh clusters" (train_picie.py after training, --repeats 1): mini-batch k-means over the
+        # shuffled center crops of the training images in cluster batches (the network in train mode, as its
+        # run_mini_batch_kmeans sets it), a frozen head with those centroids on the val crops
+        crops = DataLoader(OfficialTrainCrops(datamodule), cluster_size, shuffle=True, collate_fn=commons.collate_train)
+        centroids, _ = commons.run_mini_batch_kmeans(args, logger, crops, model, view=-1)
+        fresh = commons.initialize_classifier(args)
+        fresh.module.weight.data = centroids.unsqueeze(-1).unsqueeze(-1)
+        commons.freeze_all(fresh)
+        metrics.update(scored(fresh, "fresh_"))
     return metrics
 
 
 # ------------------------------------------------------------------------------------------------ ours
 def run_ours(config: dict, seed: int, switches: dict, workdir: Path) -> dict:
-    """Our module with ``switches`` (model arguments) on the config; val metrics after the last epoch."""
+    """Our module with ``switches`` (model arguments) on the config, validated once after the last epoch: its own
+    val metrics and those of :class:`~pixcontrast.callbacks.FreshClusterEvaluation` (``fresh_*``), one run."""
     variant = copy.deepcopy(config)
     variant["model"]["init_args"].update(switches)
     if switches.get("logits") == "dot":  # the official k-means: Euclidean on the unit features, raw centroids
         for callback in variant["trainer"]["callbacks"]:
             if callback["class_path"].endswith("KMeansRefresh"):
                 callback.setdefault("init_args", {})["metric"] = "euclidean"
-    path = workdir / ("variant_" + "_".join(f"{k}-{v}" for k, v in sorted(switches.items())) + ".yaml")
+    variant["trainer"]["check_val_every_n_epoch"] = variant["trainer"]["max_epochs"]
+    variant["trainer"]["callbacks"].append(
+        {
+            "class_path": "pixcontrast.callbacks.FreshClusterEvaluation",
+            "init_args": {"stages": ["val"], "seed": seed, "progress_bar": False},
+        }
+    )
+    name = "_".join(f"{k}-{v}" for k, v in sorted(switches.items()))
+    path = workdir / f"variant_{name}_seed{seed}.yaml"
     path.write_text(yaml.safe_dump(variant))
     metrics, _ = train_picie(path, seed)
-    return {"miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"]}
+    return {key: metrics[key] for key in ("miou", "pixel_accuracy", "fresh_miou", "fresh_pixel_accuracy")}
 
 
 def median(values: list[float]) -> float:
@@ -292,9 +393,8 @@ def main() -> None:
     if weights and not Path(weights).is_file():
         raise SystemExit(f"{weights} does not exist: run `pixcontrast fit --config synthetic_pretrain` first")
     official = import_official(args.official)
-    # the official k-means initialises on its first batches; use as many as our KMeansRefresh clusters
-    refresh = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("KMeansRefresh"))
-    batch_groups = refresh.get("init_args", {}).get("max_batches") or 4
+    batch_size = config["data"]["init_args"]["datamodule"]["init_args"]["batch_size"]
+    settings = official_kmeans_settings(len(build_datamodule(config).train_dataset), batch_size)
     runs: dict[str, list[dict]] = {"official": [], **{name: [] for name in args.variants}}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     loads = [os.getloadavg()[0]]
@@ -303,7 +403,7 @@ def main() -> None:
             for name in runs:  # interleaved: every variant once per seed
                 start = time.perf_counter()
                 if name == "official":
-                    result = run_official(official, config, seed, batch_groups)
+                    result = run_official(official, config, seed, settings)
                 else:
                     result = run_ours(config, seed, VARIANTS[name], Path(workdir))
                 seconds[name].append(time.perf_counter() - start)
@@ -316,6 +416,7 @@ def main() -> None:
                             "run": name,
                             **{k: round(v, 4) for k, v in result.items()},
                             "seconds": round(seconds[name][-1], 1),
+                            "load_avg_1min": round(loads[-1], 2),
                         }
                     ),
                     file=sys.stderr,
@@ -323,24 +424,31 @@ def main() -> None:
                 )
     summary = {
         name: {
-            "miou": median([r["miou"] for r in results]),
-            "pixel_accuracy": median([r["pixel_accuracy"] for r in results]),
-            "miou_per_seed": [round(r["miou"], 4) for r in results],
+            **{key: median([r[key] for r in results]) for key in results[0]},
+            "per_seed": {key: [round(r[key], 4) for r in results] for key in results[0]},
             "seconds": round(statistics.median(seconds[name]), 1),
+            "seconds_per_seed": [round(value, 1) for value in seconds[name]],
         }
         for name, results in runs.items()
     }
-    summary["official"]["official_scorer_miou"] = median([r["official_scorer_miou"] for r in runs["official"]])
+    ratios = {"last_centroids": "miou", "fresh_clusters": "fresh_miou"}
     line = {
         "benchmark": "picie_official_vs_ours",
         "data": "synthetic scenes (embedded demo)",
         "epochs": config["trainer"]["max_epochs"],
         "seeds": args.seeds,
+        "official_kmeans": official_settings_record(settings),
         "results": summary,
-        "ratio_ours_vs_official_miou": round(summary["ours"]["miou"] / summary["official"]["miou"], 3)
+        "ratio_ours_vs_official_miou": {
+            evaluation: round(summary["ours"][key] / summary["official"][key], 3) for evaluation, key in ratios.items()
+        }
         if "ours" in summary
         else None,
-        "load_avg_1min": {"min": round(min(loads), 2), "max": round(max(loads), 2)},
+        "load_avg_1min": {
+            "min": round(min(loads), 2),
+            "median": round(statistics.median(loads), 2),
+            "max": round(max(loads), 2),
+        },
     }
     print(json.dumps(line))
 
