@@ -104,8 +104,7 @@ class FeatureEvaluation(pl.Callback):
         if self._metric is None:
             return
         masks = batch["mask"]
-        # a hook of the module (checked in setup); nn.Module's __getattr__ types it Tensor | Module
-        scores = self.scores(pl_module.evaluation_features(batch["image"]))  # type: ignore[operator]
+        scores = self.scores(evaluation_features(pl_module, batch["image"]))
         scores = F.interpolate(scores.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
         self._metric.update(scores.argmax(dim=1), masks)
 
@@ -116,6 +115,12 @@ class FeatureEvaluation(pl.Callback):
         self._metric.reset()
         for key, value in values.items():
             pl_module.log(f"{stage}/{self.name}_{key}", value, sync_dist=False)
+
+
+def evaluation_features(pl_module: pl.LightningModule, images: Tensor) -> Tensor:
+    """The module's ``evaluation_features(images)`` hook (checked in ``setup``): ``B x 3 x H x W -> B x D x h x w``."""
+    # a hook of the module; nn.Module's __getattr__ types it Tensor | Module
+    return pl_module.evaluation_features(images)  # type: ignore[operator]
 
 
 def train_eval_batches(trainer: pl.Trainer) -> Iterable:

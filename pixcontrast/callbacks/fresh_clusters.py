@@ -16,7 +16,13 @@ import lightning.pytorch as pl
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
-from pixcontrast.callbacks.feature_evaluation import STAGES, FeatureEvaluation, flatten_pixels, train_eval_batches
+from pixcontrast.callbacks.feature_evaluation import (
+    STAGES,
+    FeatureEvaluation,
+    evaluation_features,
+    flatten_pixels,
+    train_eval_batches,
+)
 from pixcontrast.callbacks.kmeans import collect_features
 from pixcontrast.cluster import KMeans
 from pixcontrast.losses.cluster_head import LOGITS, ClusterHead, check_choice
@@ -94,8 +100,7 @@ class FreshClusterEvaluation(FeatureEvaluation):
             trainer,
             pl_module,
             train_eval_batches(trainer),
-            # a hook of the module (checked in setup); nn.Module's __getattr__ types it Tensor | Module
-            lambda batch: flatten_pixels(pl_module.evaluation_features(batch["image"])),  # type: ignore[operator]
+            lambda batch: flatten_pixels(evaluation_features(pl_module, batch["image"])),
             ["features"],
             max_points=self.max_points,
             max_batches=self.max_batches,

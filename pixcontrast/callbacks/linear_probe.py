@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from pixcontrast.callbacks.feature_evaluation import STAGES, FeatureEvaluation, train_eval_batches
+from pixcontrast.callbacks.feature_evaluation import STAGES, FeatureEvaluation, evaluation_features, train_eval_batches
 from pixcontrast.distributed import all_reduce_sum, world_info
 from pixcontrast.modules.base import hparams_of
 
@@ -64,8 +64,7 @@ class LinearProbe(FeatureEvaluation):
                         break
                     batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
                     with torch.no_grad():
-                        # a hook of the module (checked in setup); nn.Module's __getattr__ types it Tensor | Module
-                        features = pl_module.evaluation_features(batch["image"]).float()  # type: ignore[operator]
+                        features = evaluation_features(pl_module, batch["image"]).float()
                     if self.head is None:
                         self.head, optimizer = self._new_head(features.shape[1], pl_module)
                     masks = batch["mask"]
