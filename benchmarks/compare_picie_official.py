@@ -91,6 +91,7 @@ OFFICIAL_KM_INIT = 20  # KM_INIT -> --num_init_batches: cluster batches of the i
 OFFICIAL_KM_NUM = 1  # KM_NUM -> --num_batches: cluster batches per mini-batch centroid update after it
 OFFICIAL_KM_ITER = 20  # KM_ITER -> --kmeans_n_iter: faiss k-means iterations
 OFFICIAL_TRAIN_IMAGES = 49_629  # COCO-Stuff curated train: curated/train2017/Coco164kFull_Stuff_Coarse_7.txt
+OFFICIAL_CLUSTER_BATCHES = math.ceil(OFFICIAL_TRAIN_IMAGES / OFFICIAL_BATCH_SIZE_CLUSTER)  # 194
 
 
 # ------------------------------------------------------------------------------------ the official code
@@ -203,18 +204,23 @@ class OfficialViews(Dataset):
         return warp_features(maps, default_collate([self.items[i]["geometry"] for i in indices]))
 
 
-class OfficialEval(Dataset):
-    """Our val crops as the official evaluation items ``(index, image, label)``."""
+class OfficialCrops(Dataset):
+    """Center crops of ours in the official evaluation datasets' interface: ``(index, image, label)`` items, the
+    val crops (``eval_test``), or ``(index, image, None)``, the training images without labels (``eval_val``,
+    what the official "Evaluate with fresh clusters" and our ``FreshClusterEvaluation`` cluster). ``view`` is set
+    by the official ``run_mini_batch_kmeans``."""
 
-    def __init__(self, datamodule: PiCIEDataModule) -> None:
-        self.dataset = datamodule.val_dataset
+    def __init__(self, dataset: Dataset, labelled: bool) -> None:
+        self.dataset = dataset
+        self.labelled = labelled
+        self.view = -1
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple:
         item = self.dataset[index]
-        return index, item["image"], item["mask"]
+        return index, item["image"], item["mask"] if self.labelled else None
 
 
 def official_kmeans_settings(num_train: int, batch_size: int) -> dict[str, int]:
@@ -222,13 +228,12 @@ def official_kmeans_settings(num_train: int, batch_size: int) -> dict[str, int]:
     ``batch_size``: cluster batches in the official ratio to the training batch, the initial k-means on the same
     fraction of an epoch's cluster batches (at least one), the official update period and iterations."""
     batch_size_cluster = batch_size * OFFICIAL_BATCH_SIZE_CLUSTER // OFFICIAL_BATCH_SIZE_TRAIN
-    official_batches = math.ceil(OFFICIAL_TRAIN_IMAGES / OFFICIAL_BATCH_SIZE_CLUSTER)
     cluster_batches = math.ceil(num_train / batch_size_cluster)
     return {
         "batch_size_cluster": batch_size_cluster,
         "batch_size_train": batch_size,
         "cluster_batches": cluster_batches,
-        "num_init_batches": max(1, round(OFFICIAL_KM_INIT * cluster_batches / official_batches)),
+        "num_init_batches": max(1, round(OFFICIAL_KM_INIT * cluster_batches / OFFICIAL_CLUSTER_BATCHES)),
         "num_batches": OFFICIAL_KM_NUM,
         "kmeans_n_iter": OFFICIAL_KM_ITER,
     }
@@ -241,29 +246,13 @@ def official_settings_record(settings: dict[str, int]) -> dict:
         "official": {
             "batch_size_cluster": OFFICIAL_BATCH_SIZE_CLUSTER,
             "batch_size_train": OFFICIAL_BATCH_SIZE_TRAIN,
-            "cluster_batches": math.ceil(OFFICIAL_TRAIN_IMAGES / OFFICIAL_BATCH_SIZE_CLUSTER),
+            "cluster_batches": OFFICIAL_CLUSTER_BATCHES,
             "num_init_batches": OFFICIAL_KM_INIT,
             "num_batches": OFFICIAL_KM_NUM,
             "kmeans_n_iter": OFFICIAL_KM_ITER,
         },
         "scaled": settings,
     }
-
-
-class OfficialTrainCrops(Dataset):
-    """The training images through the evaluation transform (the dataset of our ``train_eval_dataloader()``,
-    which our fresh-cluster evaluation clusters), without labels, as the official ``eval_val`` items ``(index,
-    image, None)``; ``view`` is set by the official ``run_mini_batch_kmeans``."""
-
-    def __init__(self, datamodule: PiCIEDataModule) -> None:
-        self.dataset = datamodule.train_eval_dataloader().dataset
-        self.view = -1
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple:
-        return index, self.dataset[index]["image"], None
 
 
 def run_official(official: types.SimpleNamespace, config: dict, seed: int, settings: dict[str, int]) -> dict:
@@ -303,7 +292,9 @@ def run_official(official: types.SimpleNamespace, config: dict, seed: int, setti
         cluster_size, train_size = settings["batch_size_cluster"], settings["batch_size_train"]
         cluster_loader = DataLoader(dataset, batch_size=cluster_size, shuffle=False, collate_fn=commons.collate_train)
         train_loader = DataLoader(dataset, batch_size=train_size, shuffle=True, collate_fn=commons.collate_train)
-        eval_loader = DataLoader(OfficialEval(datamodule), batch_size=train_size, collate_fn=commons.collate_eval)
+        eval_loader = DataLoader(
+            OfficialCrops(datamodule.val_dataset, labelled=True), batch_size=train_size, collate_fn=commons.collate_eval
+        )
         for epoch in range(epochs):
             dataset.set_epoch(epoch)
             dataset.mode = "compute"
@@ -341,7 +332,12 @@ def run_official(official: types.SimpleNamespace, config: dict, seed: int, setti
         # "Evaluate with fresh clusters" (train_picie.py after training, --repeats 1): mini-batch k-means over the
         # shuffled center crops of the training images in cluster batches (the network in train mode, as its
         # run_mini_batch_kmeans sets it), a frozen head with those centroids on the val crops
-        crops = DataLoader(OfficialTrainCrops(datamodule), cluster_size, shuffle=True, collate_fn=commons.collate_train)
+        crops = DataLoader(
+            OfficialCrops(datamodule.train_eval_dataloader().dataset, labelled=False),
+            cluster_size,
+            shuffle=True,
+            collate_fn=commons.collate_train,
+        )
         centroids, _ = commons.run_mini_batch_kmeans(args, logger, crops, model, view=-1)
         fresh = commons.initialize_classifier(args)
         fresh.module.weight.data = centroids.unsqueeze(-1).unsqueeze(-1)
